@@ -1,0 +1,30 @@
+"""Which Python class a ``[library, class_name]`` entry of ``model_index.json`` means."""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import CheckpointError
+
+# libraries whose classes we provide ourselves, under the same names
+_OWN_LIBRARIES = {"diffusers", "sfumato"}
+
+
+def resolve_class(library: str | None, class_name: str, component: str = "component") -> type:
+    """``("diffusers", "VQModel")`` -> ``sfumato.VQModel``; ``("transformers", X)`` -> ``transformers.X``."""
+    if library in _OWN_LIBRARIES or library is None:
+        import sfumato
+
+        if class_name not in sfumato._EXPORTS:
+            raise CheckpointError(
+                f"{component!r} names class {class_name!r} from {library!r}, which sfumato does not provide"
+            )
+        return getattr(sfumato, class_name)
+    try:
+        module = importlib.import_module(library)
+    except ImportError:
+        raise CheckpointError(f"{component!r} needs library {library!r}, which is not installed") from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise CheckpointError(f"{component!r} names class {class_name!r}, which {library!r} does not have") from None

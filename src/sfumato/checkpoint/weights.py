@@ -1,0 +1,136 @@
+"""Weight files: finding, reading and writing state dicts in the diffusers layout.
+
+A component folder holds one of (``<v>`` is an optional variant such as ``fp16``):
+
+- ``diffusion_pytorch_model[.<v>].safetensors``
+- ``diffusion_pytorch_model.safetensors.index[.<v>].json`` plus its shards
+- the same two with ``.bin`` (pickle; read only with ``weights_only=True``)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+WEIGHTS_STEM = "diffusion_pytorch_model"
+
+
+def with_variant(filename: str, variant: str | None) -> str:
+    """``a.b.safetensors`` with variant ``fp16`` -> ``a.b.fp16.safetensors``."""
+    if not variant:
+        return filename
+    head, _, ext = filename.rpartition(".")
+    return f"{head}.{variant}.{ext}"
+
+
+def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool | None = None,
+                 stem: str = WEIGHTS_STEM) -> list[Path]:
+    """The weight files in ``folder`` to load, safetensors preferred; raises if there are none."""
+    formats = ["safetensors", "bin"]
+    if use_safetensors is True:
+        formats = ["safetensors"]
+    elif use_safetensors is False:
+        formats = ["bin"]
+    for ext in formats:
+        single = folder / with_variant(f"{stem}.{ext}", variant)
+        if single.is_file():
+            return [single]
+        index = folder / with_variant(f"{stem}.{ext}.index.json", variant)
+        if index.is_file():
+            return _shards_from_index(index)
+    looked_for = ", ".join(with_variant(f"{stem}.{ext}", variant) for ext in formats)
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    hint = ""
+    if variant and any(name.startswith(stem) and f".{variant}." not in name for name in present):
+        hint = f"; the folder has weights without the {variant!r} variant: drop variant= to load them"
+    elif not variant and any(name.startswith(stem + ".") and name.count(".") > 1 and "index" not in name for name in present):
+        hint = "; the folder only has variant weights: pass variant= (e.g. variant='fp16')"
+    raise CheckpointError(f"no weights in {str(folder)!r}: looked for {looked_for} (or a sharded index){hint}")
+
+
+def _shards_from_index(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"shard index {str(index)!r} is not a valid index file ({error})") from None
+    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"shard index {str(index)!r} names missing shard files: {missing[:3]}")
+    return shards
+
+
+def read_state_dict(files: list[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read and merge the tensors of every file; pickle files only with ``weights_only=True``."""
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(_read_one(path, device))
+    return state
+
+
+def _read_one(path: Path, device) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            size = path.stat().st_size if path.exists() else 0
+            raise CheckpointError(
+                f"weights file {str(path)!r} ({size} bytes) is truncated or corrupt: {error}"
+            ) from None
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as error:  # pickle raises many types; all mean the file is unusable
+        raise CheckpointError(f"weights file {str(path)!r} could not be read safely: {error}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def write_state_dict(
+    state: dict[str, torch.Tensor],
+    folder: Path,
+    variant: str | None = None,
+    safe_serialization: bool = True,
+    max_shard_size: int | str = "10GB",
+    stem: str = WEIGHTS_STEM,
+) -> list[str]:
+    """Write ``state`` into ``folder`` (sharding past ``max_shard_size``); returns the file names."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    ext = "safetensors" if safe_serialization else "bin"
+    pattern = with_variant(f"{stem}.{ext}", variant).replace(f".{ext}", f"{{suffix}}.{ext}")
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size, filename_pattern=pattern)
+    written = []
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: state[name].detach().contiguous() for name in names}
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(_unshare(shard), str(folder / filename), metadata={"format": "pt"})
+        else:
+            torch.save(shard, str(folder / filename))
+        written.append(filename)
+    if split.is_sharded:
+        index_name = with_variant(f"{stem}.{ext}.index.json", variant)
+        index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+        (folder / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(index_name)
+    return written
+
+
+def _unshare(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing storage (tied weights): give each its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in shard.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.device.type != "meta" else id(tensor)
+        out[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out
