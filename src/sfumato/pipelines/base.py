@@ -1,0 +1,384 @@
+"""``DiffusionPipeline``: a named set of components that loads, saves and moves as one.
+
+A pipeline folder is ``model_index.json`` (its class and, per component, the
+``[library, class]`` that loads it) plus one subfolder per component. This
+module reads and writes that layout; the families (Kandinsky, Stable
+Diffusion) only declare their components and their ``__call__``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..checkpoint import (
+    CheckpointError,
+    ConfigMixin,
+    FrozenDict,
+    ModelMixin,
+    atomic_folder,
+    dtype_for,
+    parse_dtype,
+    read_json,
+    resolve_class,
+    resolve_folder,
+    split_hub_kwargs,
+)
+from ..checkpoint.config import FORMAT_VERSION
+from ..outputs import BaseOutput
+from . import offload
+
+logger = logging.getLogger("sfumato")
+
+# the files a pipeline needs from a hub snapshot (weights are filtered by variant)
+_HUB_PATTERNS = ["model_index.json", "README.md", "*/*.json", "*/*.txt", "*/*.model", "*/*.tiktoken"]
+
+
+@dataclass
+class ImagePipelineOutput(BaseOutput):
+    """What image pipelines return: ``images`` as a list of PIL images, an array or a tensor."""
+
+    images: Any
+
+
+class DiffusionPipeline(ConfigMixin):
+    """Base of every pipeline: components, ``from_pretrained``, ``save_pretrained``, ``to``, offload."""
+
+    config_name = "model_index.json"
+    # order in which models run, for enable_model_cpu_offload
+    model_cpu_offload_seq: str = ""
+    _optional_components: list[str] = []
+    _exclude_from_cpu_offload: list[str] = []
+    _callback_tensor_inputs: list[str] = ["latents"]
+
+    # ------------------------------------------------------------------ components
+
+    def register_modules(self, **components: Any) -> None:
+        """Attach components and record ``[library, class]`` for each in the pipeline config."""
+        for name, component in components.items():
+            self.register_to_config(**{name: _library_and_class(component)})
+            object.__setattr__(self, name, component)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # replacing a component (pipe.scheduler = ...) keeps model_index.json truthful
+        config = self.__dict__.get("_internal_dict")
+        if config is not None and name in config and isinstance(config[name], (list, tuple)):
+            self.register_to_config(**{name: _library_and_class(value)})
+        super().__setattr__(name, value)
+
+    @classmethod
+    def _component_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [n for n, p in params.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+                and n not in cls._config_only_arguments()]
+
+    @classmethod
+    def _config_only_arguments(cls) -> set[str]:
+        """``__init__`` arguments that are plain settings, not components (e.g. ``requires_safety_checker``)."""
+        return set(getattr(cls, "_settings", ()))
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._component_names() if hasattr(self, name)}
+
+    def _modules(self) -> Iterable[tuple[str, nn.Module]]:
+        for name, component in self.components.items():
+            if isinstance(component, nn.Module):
+                yield name, component
+
+    @property
+    def device(self) -> torch.device:
+        for _, module in self._modules():
+            return _module_device(module)
+        return torch.device("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return offload.execution_device(self) or self.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for _, module in self._modules():
+            for tensor in module.parameters():
+                if tensor.is_floating_point():
+                    return tensor.dtype
+        return torch.float32
+
+    def to(self, *args: Any, **kwargs: Any) -> "DiffusionPipeline":
+        """Move every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``, ``pipe.to("cpu", torch.bfloat16)``."""
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}; it takes device and dtype")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device)):
+                device = arg
+            else:
+                raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
+        dtype = parse_dtype(dtype, "dtype") if dtype is not None else None
+        if device is not None:
+            device = torch.device(device)
+            offload.disable(self)
+        for _, module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ progress
+
+    def progress_bar(self, iterable=None, total=None):
+        from tqdm.auto import tqdm
+
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
+            return tqdm(total=total, **config)
+        raise ValueError("progress_bar needs iterable or total")
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self._progress_bar_config = kwargs
+
+    # ------------------------------------------------------------------ optimizations
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
+        """Keep each model on the accelerator only while it is the one running; a no-op without one."""
+        offload.enable(self, gpu_id=gpu_id, device=device)
+
+    def maybe_free_model_hooks(self) -> None:
+        offload.release_all(self)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """Accepted for compatibility: sfumato's attention is PyTorch SDPA, which already picks a
+        memory-efficient kernel (flash / mem-efficient / math) for the device."""
+        logger.info("sfumato uses torch scaled_dot_product_attention; xformers is not needed")
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        pass
+
+    def enable_attention_slicing(self, slice_size: Any = "auto") -> None:
+        """Accepted for compatibility; SDPA already bounds attention memory."""
+
+    def disable_attention_slicing(self) -> None:
+        pass
+
+    def set_attn_processor(self, processor: Any) -> None:
+        for _, module in self._modules():
+            if hasattr(module, "set_attn_processor"):
+                module.set_attn_processor(processor)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DiffusionPipeline":
+        """Load a pipeline folder (or hub id) written by sfumato or diffusers.
+
+        Keyword arguments: ``torch_dtype`` (one dtype or ``{component: dtype, "default": dtype}``),
+        ``variant``, ``use_safetensors``, and any component by name to use instead of loading it
+        (``scheduler=DDIMScheduler(...)``, ``prior=None``).
+        """
+        hub_kwargs = split_hub_kwargs(kwargs)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        variant = kwargs.pop("variant", None)
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        for ignored in ("low_cpu_mem_usage", "device_map", "safety_checker", "requires_safety_checker"):
+            if ignored in kwargs and ignored not in cls._component_names():
+                kwargs.pop(ignored)
+        if isinstance(torch_dtype, dict):
+            for name, value in torch_dtype.items():
+                parse_dtype(value, f"torch_dtype[{name!r}]")
+        else:
+            parse_dtype(torch_dtype)
+        folder = _resolve_pipeline_folder(pretrained_model_name_or_path, variant, use_safetensors, hub_kwargs)
+        index = read_json(folder / cls.config_name, what="pipeline index (model_index.json)")
+        pipeline_class = cls._class_for_index(index, folder)
+        return pipeline_class._from_index(folder, index, torch_dtype, variant, use_safetensors, kwargs)
+
+    @classmethod
+    def _class_for_index(cls, index: dict, folder: Path) -> type["DiffusionPipeline"]:
+        if cls is not DiffusionPipeline:
+            return cls
+        name = index.get("_class_name")
+        if not isinstance(name, str):
+            raise CheckpointError(f"{str(folder / 'model_index.json')!r} has no _class_name naming the pipeline")
+        return resolve_class("diffusers", name, component="_class_name")
+
+    @classmethod
+    def _from_index(cls, folder: Path, index: dict, torch_dtype: Any, variant: str | None,
+                    use_safetensors: bool | None, overrides: dict[str, Any]) -> "DiffusionPipeline":
+        expected = cls._component_names()
+        init_params = inspect.signature(cls.__init__).parameters
+        unknown = [k for k in overrides if k not in init_params]
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got unexpected keyword arguments {unknown}; "
+                f"components are {expected}"
+            )
+        loaded: dict[str, Any] = {}
+        for name in expected:
+            if name in overrides:
+                loaded[name] = overrides.pop(name)
+                continue
+            entry = index.get(name)
+            if entry is None or (isinstance(entry, (list, tuple)) and entry[0] is None):
+                if init_params[name].default is inspect.Parameter.empty and name not in cls._optional_components:
+                    raise CheckpointError(
+                        f"{cls.__name__} needs component {name!r}, but {str(folder / 'model_index.json')!r} "
+                        f"does not list it; pass it as {name}=..."
+                    )
+                loaded[name] = None
+                continue
+            loaded[name] = load_component(folder, name, entry, dtype_for(name, torch_dtype), variant, use_safetensors)
+        settings = {k: index[k] for k in cls._config_only_arguments() if k in index}
+        settings.update(overrides)
+        return cls(**loaded, **settings)
+
+    @classmethod
+    def from_pipe(cls, pipeline: "DiffusionPipeline", **kwargs: Any) -> "DiffusionPipeline":
+        """A ``cls`` pipeline sharing ``pipeline``'s loaded components (no copies); kwargs replace some."""
+        available = dict(pipeline.components)
+        # combined pipelines hold the parts of their sub-pipelines under prefixed names
+        for name, component in list(available.items()):
+            for prefix in ("prior_",):
+                if name.startswith(prefix) and name[len(prefix):] not in available:
+                    available[name[len(prefix):]] = component
+        for name, component in pipeline.components.items():
+            if f"prior_{name}" not in available:
+                available[f"prior_{name}"] = component
+        init_params = inspect.signature(cls.__init__).parameters
+        components = {}
+        for name in cls._component_names():
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+            elif name in available:
+                components[name] = available[name]
+            elif init_params[name].default is inspect.Parameter.empty:
+                raise ValueError(
+                    f"{cls.__name__}.from_pipe: {type(pipeline).__name__} has no component {name!r}; pass {name}=..."
+                )
+        settings = {k: v for k, v in kwargs.items() if k in init_params}
+        extra = [k for k in kwargs if k not in init_params]
+        if extra:
+            raise TypeError(f"{cls.__name__}.from_pipe got unexpected keyword arguments {extra}")
+        new = cls(**components, **settings)
+        if hasattr(pipeline, "_progress_bar_config"):
+            new.set_progress_bar_config(**pipeline._progress_bar_config)
+        return new
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        variant: str | None = None, max_shard_size: int | str | None = None, **kwargs: Any) -> None:
+        """Write ``model_index.json`` and every component; nothing is left behind if it fails."""
+        with atomic_folder(save_directory) as staging:
+            index = {"_class_name": type(self).__name__, "_diffusers_version": FORMAT_VERSION}
+            index.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()})
+            (staging / self.config_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n",
+                                                    encoding="utf-8")
+            for name, component in self.components.items():
+                if component is None:
+                    continue
+                save_component(component, staging / name, safe_serialization, variant, max_shard_size or "10GB")
+
+
+def _library_and_class(component: Any) -> tuple[str | None, str | None]:
+    if component is None:
+        return (None, None)
+    if isinstance(component, (list, tuple)) and len(component) == 2 and component[0] is None:
+        return (None, None)
+    module = type(component).__module__.split(".")[0]
+    library = "diffusers" if module == "sfumato" else module
+    return (library, type(component).__name__)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _resolve_pipeline_folder(name_or_path, variant, use_safetensors, hub_kwargs) -> Path:
+    if Path(str(name_or_path)).expanduser().is_dir():
+        return resolve_folder(name_or_path)
+    patterns = list(_HUB_PATTERNS)
+    if use_safetensors is not False:
+        patterns.append(f"*/*.{variant}.safetensors" if variant else "*/*.safetensors")
+        patterns.append(f"*/*.{variant}-*.safetensors" if variant else "*/*-of-*.safetensors")
+    if use_safetensors is False:
+        patterns.append("*/*.bin")
+    return resolve_folder(name_or_path, allow_patterns=patterns, **hub_kwargs)
+
+
+def load_component(folder: Path, name: str, entry: Any, dtype: torch.dtype | None,
+                   variant: str | None, use_safetensors: bool | None) -> Any:
+    """Load one ``[library, class]`` component from ``folder/name``."""
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+        raise CheckpointError(f"model_index.json entry for {name!r} must be [library, class], got {entry!r}")
+    library, class_name = entry
+    klass = resolve_class(library, class_name, component=name)
+    sub = folder / name
+    if not sub.is_dir():
+        raise CheckpointError(f"component folder {str(sub)!r} is missing (model_index.json lists {name!r})")
+    component_variant = variant if variant and _has_variant(sub, variant) else None
+    if isinstance(klass, type) and issubclass(klass, ModelMixin):
+        return klass.from_pretrained(sub, torch_dtype=dtype, variant=component_variant,
+                                     use_safetensors=use_safetensors)
+    if isinstance(klass, type) and issubclass(klass, ConfigMixin):  # schedulers and other configs
+        return klass.from_config(read_json(sub / klass.config_name, what=f"{name} config"))
+    return _load_foreign(klass, sub, dtype, component_variant, use_safetensors)
+
+
+def _load_foreign(klass: type, folder: Path, dtype, variant, use_safetensors) -> Any:
+    """transformers models, tokenizers and processors load through their own ``from_pretrained``."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(klass, type) and issubclass(klass, nn.Module):
+        kwargs["dtype"] = dtype or torch.float32
+        if variant:
+            kwargs["variant"] = variant
+        if use_safetensors is not None:
+            kwargs["use_safetensors"] = use_safetensors
+    try:
+        component = klass.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"could not load {klass.__name__} from {str(folder)!r}: {error}") from None
+    if isinstance(component, nn.Module):
+        component.eval()
+    return component
+
+
+def _has_variant(folder: Path, variant: str) -> bool:
+    return any(f".{variant}." in p.name or f".{variant}-" in p.name for p in folder.iterdir())
+
+
+def save_component(component: Any, folder: Path, safe_serialization: bool, variant: str | None,
+                   max_shard_size: int | str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(component, ModelMixin):
+        component.write_pretrained(folder, safe_serialization, variant, max_shard_size)
+    elif isinstance(component, ConfigMixin):
+        component.save_config(folder)
+    elif hasattr(component, "save_pretrained"):
+        kwargs: dict[str, Any] = {}
+        if isinstance(component, nn.Module):
+            kwargs = {"safe_serialization": safe_serialization, "max_shard_size": max_shard_size}
+            if variant:
+                kwargs["variant"] = variant
+        try:
+            component.save_pretrained(str(folder), **kwargs)
+        except TypeError:
+            component.save_pretrained(str(folder))
+    else:
+        raise CheckpointError(f"cannot save component of type {type(component).__name__} to {str(folder)!r}")
+
+
+__all__ = ["DiffusionPipeline", "ImagePipelineOutput", "FrozenDict", "load_component", "save_component"]
