@@ -92,7 +92,8 @@ class ModelMixin(nn.Module, ConfigMixin):
             raise CheckpointError(
                 f"weights in {source} do not match {type(self).__name__} built from its config: " + "; ".join(parts)
             )
-        for key, tensor in state.items():
+        for key in expected:  # in the model's order, so the first mismatch named is the first layer's
+            tensor = state[key]
             if tuple(tensor.shape) != tuple(expected[key].shape):
                 raise CheckpointError(
                     f"weight {key!r} in {source} has shape {tuple(tensor.shape)}, "

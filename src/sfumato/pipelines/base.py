@@ -296,9 +296,13 @@ def _library_and_class(component: Any) -> tuple[str | None, str | None]:
         return (None, None)
     if isinstance(component, (list, tuple)) and len(component) == 2 and component[0] is None:
         return (None, None)
-    module = type(component).__module__.split(".")[0]
-    library = "diffusers" if module == "sfumato" else module
-    return (library, type(component).__name__)
+    import sfumato
+
+    klass = type(component)
+    # our classes stand for the reference's classes of the same name in the folder format
+    if sfumato._EXPORTS.get(klass.__name__) == klass.__module__ or klass.__module__.startswith("sfumato."):
+        return ("diffusers", klass.__name__)
+    return (klass.__module__.split(".")[0], klass.__name__)
 
 
 def _module_device(module: nn.Module) -> torch.device:
