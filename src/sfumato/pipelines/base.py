@@ -225,11 +225,15 @@ class DiffusionPipeline(ConfigMixin):
                 f"components are {expected}"
             )
         loaded: dict[str, Any] = {}
+        connected = cls._connected_components(folder, torch_dtype, variant, use_safetensors, overrides)
         for name in expected:
             if name in overrides:
                 loaded[name] = overrides.pop(name)
                 continue
             entry = index.get(name)
+            if entry is None and name in connected:
+                loaded[name] = connected[name]
+                continue
             if entry is None or (isinstance(entry, (list, tuple)) and entry[0] is None):
                 if init_params[name].default is inspect.Parameter.empty and name not in cls._optional_components:
                     raise CheckpointError(
@@ -242,6 +246,40 @@ class DiffusionPipeline(ConfigMixin):
         settings = {k: index[k] for k in cls._config_only_arguments() if k in index}
         settings.update(overrides)
         return cls(**loaded, **settings)
+
+    # model card keys naming the pipelines a combined pipeline pulls its other parts from
+    _load_connected_pipes = False
+    _connected_prefixes = ("prior",)
+
+    @classmethod
+    def _connected_components(cls, folder: Path, torch_dtype, variant, use_safetensors,
+                              overrides: dict[str, Any]) -> dict[str, Any]:
+        """Components of pipelines named in the folder's README (``prior: [org/name]``), as ``prior_<name>``.
+
+        This is how a hub decoder repo (e.g. kandinsky-2-2-decoder) becomes a combined pipeline.
+        """
+        readme = folder / "README.md"
+        if not cls._load_connected_pipes or not readme.is_file():
+            return {}
+        from huggingface_hub import ModelCard
+
+        data = ModelCard.load(readme).data
+        components: dict[str, Any] = {}
+        for prefix in cls._connected_prefixes:
+            sources = getattr(data, prefix, None) or []
+            source = sources[0] if isinstance(sources, list) and sources else sources
+            wanted = [n for n in cls._component_names() if n.startswith(prefix + "_") and n not in overrides]
+            if not source or not wanted:
+                continue
+            passed = {n[len(prefix) + 1:]: overrides[n] for n in cls._component_names()
+                      if n.startswith(prefix + "_") and n in overrides}
+            if isinstance(torch_dtype, dict):
+                torch_dtype = {k[len(prefix) + 1:] if k.startswith(prefix + "_") else k: v
+                               for k, v in torch_dtype.items()}
+            sub = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, variant=variant,
+                                                    use_safetensors=use_safetensors, **passed)
+            components.update({f"{prefix}_{name}": c for name, c in sub.components.items()})
+        return components
 
     @classmethod
     def from_pipe(cls, pipeline: "DiffusionPipeline", **kwargs: Any) -> "DiffusionPipeline":

@@ -1,0 +1,117 @@
+"""Input checks shared by all pipelines: each error names the argument, what it got and what it needs."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+def required(name: str, value: Any) -> Any:
+    if value is None:
+        raise ValueError(f"{name} is required, got None")
+    return value
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def size(height: Any, width: Any, multiple: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or value % multiple:
+            hint = ""
+            if isinstance(value, numbers.Integral) and value > 0:
+                lower = max(multiple, value // multiple * multiple)
+                hint = f" (e.g. {lower} or {lower + multiple})"
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} for this MoVQ and UNet, got {value!r}{hint}"
+            )
+
+
+def strength(value: Any, num_inference_steps: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"strength must be a number in [0, 1], got {value!r}")
+    if int(num_inference_steps * value) < 1:
+        raise ValueError(
+            f"strength={value} with num_inference_steps={num_inference_steps} leaves no denoising step to run; "
+            f"raise strength or num_inference_steps so that their product is at least 1"
+        )
+
+
+def as_batch(name: str, value: Any, ndim: int) -> torch.Tensor:
+    """A tensor or a list of tensors -> one tensor with ``ndim`` dimensions."""
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, torch.Tensor) for v in value):
+            raise TypeError(f"{name} must be a tensor or a non-empty list of tensors, got {value!r:.80}")
+        value = torch.cat(list(value), dim=0)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def embeds_pair(image_embeds: Any, negative_image_embeds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    embeds = as_batch("image_embeds", image_embeds, 2)
+    negative = as_batch("negative_image_embeds", negative_image_embeds, 2)
+    if negative.shape[1] != embeds.shape[1]:
+        raise ValueError(
+            f"negative_image_embeds has width {negative.shape[1]}, but image_embeds has {embeds.shape[1]}"
+        )
+    if negative.shape[0] != embeds.shape[0]:
+        if negative.shape[0] != 1:
+            raise ValueError(
+                f"negative_image_embeds has batch size {negative.shape[0]}, but image_embeds has "
+                f"{embeds.shape[0]}; pass one negative embedding or one per image embedding"
+            )
+        negative = negative.expand_as(embeds)
+    return embeds, negative
+
+
+def batch_matches(name: str, got: int, batch: int) -> None:
+    if got not in (1, batch):
+        raise ValueError(
+            f"{name} has batch size {got}, but image_embeds has {batch}; pass one {name} for all or one per embedding"
+        )
+
+
+def hint(value: Any, batch: int, unet: Any) -> torch.Tensor:
+    value = as_batch("hint", value, 4)
+    channels = 3
+    if value.shape[1] != channels:
+        raise ValueError(f"hint must have {channels} channels (N3HW, e.g. a depth map as RGB), got shape "
+                         f"{tuple(value.shape)}")
+    batch_matches("hint", value.shape[0], batch)
+    return value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value
+
+
+def merge_legacy_callback(callback_on_step_end: Callable | None, callback: Callable | None, callback_steps: int,
+                          scheduler: Any) -> Callable | None:
+    """Support the older ``callback(step, t, latents)`` every ``callback_steps`` steps."""
+    if callback is None:
+        return callback_on_step_end
+    positive_int("callback_steps", callback_steps)
+    order = getattr(scheduler, "order", 1)
+
+    def both(pipeline, i, t, tensors):
+        updates = callback_on_step_end(pipeline, i, t, tensors) if callback_on_step_end else {}
+        if i % callback_steps == 0:
+            callback(i // order, t, (updates or {}).get("latents", tensors["latents"]))
+        return updates
+
+    return both
