@@ -90,12 +90,15 @@ def batch_matches(name: str, got: int, batch: int) -> None:
         )
 
 
-def hint(value: Any, batch: int, unet: Any) -> torch.Tensor:
+def hint(value: Any, batch: int, size: tuple[int, int]) -> torch.Tensor:
     value = as_batch("hint", value, 4)
     channels = 3
     if value.shape[1] != channels:
         raise ValueError(f"hint must have {channels} channels (N3HW, e.g. a depth map as RGB), got shape "
                          f"{tuple(value.shape)}")
+    if tuple(value.shape[-2:]) != tuple(size):
+        raise ValueError(f"hint has size {tuple(value.shape[-2:])} (height, width), but this height and width "
+                         f"need {tuple(size)}")
     batch_matches("hint", value.shape[0], batch)
     return value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value
 

@@ -94,8 +94,10 @@ class KandinskyV22Decoder(DiffusionPipeline):
                                                             self.scheduler)
         embeds, negative = checks.embeds_pair(image_embeds, negative_image_embeds)
         batch = embeds.shape[0]
+        latent_size = (height // self.movq_scale_factor, width // self.movq_scale_factor)
         if hint is not None:
-            hint = checks.hint(hint, batch, self.unet)
+            # the UNet's hint network downsamples by 8 to meet the latents
+            hint = checks.hint(hint, batch, (latent_size[0] * 8, latent_size[1] * 8))
         if image is not None and mask_image is None:
             image = self.image_processor.preprocess(image, height, width)
             checks.batch_matches("image", image.shape[0], batch)
@@ -115,7 +117,6 @@ class KandinskyV22Decoder(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        latent_size = (height // self.movq_scale_factor, width // self.movq_scale_factor)
         after_step = None
         if mask_image is not None:
             keep, image_latents = self._inpaint_inputs(image, mask_image, height, width, batch, device, dtype)

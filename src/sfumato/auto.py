@@ -1,0 +1,114 @@
+"""``AutoPipelineFor*``: pick the pipeline class for a task from what a checkpoint is.
+
+A checkpoint's ``model_index.json`` names its pipeline class; that class
+belongs to a model family (Stable Diffusion, SDXL, Kandinsky 2.1 / 2.2 / 3),
+and the family has one pipeline per task. Kandinsky decoders load as the
+family's combined pipeline (prior + decoder), the prior coming from the
+pipeline named in the folder's model card, as the hub repos do it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .checkpoint import read_json, resolve_folder, split_hub_kwargs
+
+TEXT2IMAGE, IMAGE2IMAGE, INPAINT = "text2image", "image2image", "inpaint"
+
+# family -> task -> pipeline class name (the full pipeline a user wants for that task)
+FAMILIES: dict[str, dict[str, str]] = {
+    "stable-diffusion": {TEXT2IMAGE: "StableDiffusionPipeline", IMAGE2IMAGE: "StableDiffusionImg2ImgPipeline",
+                         INPAINT: "StableDiffusionInpaintPipeline"},
+    "stable-diffusion-xl": {TEXT2IMAGE: "StableDiffusionXLPipeline", IMAGE2IMAGE: "StableDiffusionXLImg2ImgPipeline",
+                            INPAINT: "StableDiffusionXLInpaintPipeline"},
+    "kandinsky": {TEXT2IMAGE: "KandinskyCombinedPipeline", IMAGE2IMAGE: "KandinskyImg2ImgCombinedPipeline",
+                  INPAINT: "KandinskyInpaintCombinedPipeline"},
+    "kandinsky22": {TEXT2IMAGE: "KandinskyV22CombinedPipeline", IMAGE2IMAGE: "KandinskyV22Img2ImgCombinedPipeline",
+                    INPAINT: "KandinskyV22InpaintCombinedPipeline"},
+    "kandinsky3": {TEXT2IMAGE: "Kandinsky3Pipeline", IMAGE2IMAGE: "Kandinsky3Img2ImgPipeline"},
+}
+# the decoder-only pipelines of the two-stage families, per task
+DECODERS: dict[str, dict[str, str]] = {
+    "kandinsky": {TEXT2IMAGE: "KandinskyPipeline", IMAGE2IMAGE: "KandinskyImg2ImgPipeline",
+                  INPAINT: "KandinskyInpaintPipeline"},
+    "kandinsky22": {TEXT2IMAGE: "KandinskyV22Pipeline", IMAGE2IMAGE: "KandinskyV22Img2ImgPipeline",
+                    INPAINT: "KandinskyV22InpaintPipeline"},
+}
+
+
+def family_of(class_name: str) -> tuple[str, bool]:
+    """The family a pipeline class belongs to, and whether it is a decoder-only pipeline."""
+    for table, is_decoder in ((FAMILIES, False), (DECODERS, True)):
+        for family, tasks in table.items():
+            if class_name in tasks.values():
+                return family, is_decoder
+    extra = {"KandinskyV22ControlnetPipeline": "kandinsky22", "KandinskyV22ControlnetImg2ImgPipeline": "kandinsky22"}
+    if class_name in extra:
+        return extra[class_name], True
+    raise ValueError(f"no AutoPipeline family knows pipeline class {class_name!r}; "
+                     f"known families: {sorted(FAMILIES)}")
+
+
+def _resolve(class_name: str):
+    import sfumato
+
+    if class_name not in sfumato._EXPORTS:
+        raise NotImplementedError(f"{class_name} is not implemented in sfumato yet")
+    return getattr(sfumato, class_name)
+
+
+class _AutoPipeline:
+    task: str = TEXT2IMAGE
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        raise EnvironmentError(f"{type(self).__name__} is built with {type(self).__name__}.from_pretrained(path) "
+                               f"or {type(self).__name__}.from_pipe(pipeline)")
+
+    @classmethod
+    def _target(cls, class_name: str, decoder_only: bool = False) -> type:
+        family, _ = family_of(class_name)
+        table = DECODERS if decoder_only and family in DECODERS else FAMILIES
+        target = table[family].get(cls.task)
+        if target is None:
+            raise ValueError(f"the {family!r} family has no {cls.task} pipeline ({cls.__name__} from {class_name})")
+        return _resolve(target)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any):
+        """Load the checkpoint as this task's pipeline of its family."""
+        hub_kwargs = split_hub_kwargs(dict(kwargs))
+        folder = resolve_folder(pretrained_model_or_path, allow_patterns=["model_index.json"], **hub_kwargs)
+        index = read_json(folder / "model_index.json", what="pipeline index (model_index.json)")
+        class_name = index.get("_class_name")
+        if not isinstance(class_name, str):
+            raise ValueError(f"{str(folder / 'model_index.json')!r} has no _class_name")
+        return cls._target(class_name).from_pretrained(pretrained_model_or_path, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any):
+        """This task's pipeline over ``pipeline``'s loaded components (nothing is loaded again)."""
+        name = type(pipeline).__name__
+        _, is_decoder = family_of(name)
+        target = cls._target(name, decoder_only=is_decoder)
+        if type(pipeline) is target and not kwargs:
+            return pipeline
+        return target.from_pipe(pipeline, **kwargs)
+
+
+class AutoPipelineForText2Image(_AutoPipeline):
+    """Text-to-image pipeline of a checkpoint's family (e.g. KandinskyV22CombinedPipeline)."""
+
+    task = TEXT2IMAGE
+
+
+class AutoPipelineForImage2Image(_AutoPipeline):
+    """Image-to-image pipeline of a checkpoint's family (e.g. KandinskyV22Img2ImgCombinedPipeline)."""
+
+    task = IMAGE2IMAGE
+
+
+class AutoPipelineForInpainting(_AutoPipeline):
+    """Inpainting pipeline of a checkpoint's family (e.g. KandinskyV22InpaintCombinedPipeline)."""
+
+    task = INPAINT
