@@ -1,0 +1,55 @@
+"""Pictures: loading, tiling, PIL / numpy / torch conversion, encoder input, decoder output, masks.
+
+Names load on first use, so ``from sfumato.image import load_image`` needs
+only PIL; the torch-based parts come in when they are asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "loading": ("load_image", "make_image_grid", "ImageLoadError", "REQUEST_TIMEOUT"),
+    "convert": (
+        "ImageInput",
+        "numpy_to_pil",
+        "pil_to_numpy",
+        "numpy_to_pt",
+        "pt_to_numpy",
+        "pt_to_pil",
+        "normalize",
+        "denormalize",
+        "to_pil",
+        "to_numpy",
+        "to_tensor",
+    ),
+    "processor": ("ImageProcessor", "ImageProcessorConfig", "VaeImageProcessor", "postprocess", "OUTPUT_TYPES"),
+    "sizing": ("downscale_height_and_width", "resize_pil", "resize_tensor", "RESAMPLE_FILTERS", "RESIZE_MODES"),
+    "masks": (
+        "binarize",
+        "preprocess_mask",
+        "blur",
+        "get_crop_region",
+        "apply_overlay",
+        "prepare_mask_and_masked_image",
+        "grow_repaint_region",
+        "prepare_mask",
+        "kandinsky_latent_mask",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
