@@ -56,7 +56,7 @@ _export(
 )
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 
-_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli"}
+_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 
