@@ -15,16 +15,19 @@ from ... import tiny
 DECODER_CONFIGS = {
     "small": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=4, embed_dim=32,
                   movq_blocks=(32, 64), movq_groups=8),
-    "wide": dict(block_out_channels=(16, 32, 48), layers_per_block=2, attention_head_dim=8, embed_dim=24,
-                 movq_blocks=(16, 32), movq_groups=4),
+    "wide": dict(block_out_channels=(32, 32, 64), layers_per_block=2, attention_head_dim=8, embed_dim=24,
+                 movq_blocks=(32, 32, 64), movq_groups=8),
     # an 8x MoVQ, so ControlNet hints (downsampled 8x by the UNet) have the picture's size
     "deep": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, embed_dim=32,
-                 movq_blocks=(8, 16, 16, 32), movq_groups=4),
+                 movq_blocks=(32, 32, 32, 32), movq_groups=8),
 }
 
 
 def _randomize_zero_init(model: torch.nn.Module, seed: int) -> None:
-    """Zero-initialised layers would hide wiring mistakes: give every tensor random values."""
+    """Zero-initialised layers would hide wiring mistakes: give every tensor random values.
+
+    (The reference's SpatialNorm uses 32 groups whatever the config says, so MoVQ widths are multiples of 32.)
+    """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
@@ -72,7 +75,7 @@ def ddpm():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+                         clip_sample=False, steps_offset=1, prediction_type="epsilon",
                          thresholding=False)
 
 

@@ -126,11 +126,8 @@ def test_controlnet(decoder_folder, height, width, n):
     hint = torch.rand(1, 3, height, width, generator=generator(3))
     a, b = run_both(ours, theirs, image_embeds=positive, negative_image_embeds=negative, hint=hint, height=height,
                     width=width, num_inference_steps=3, num_images_per_prompt=n, output_type="np")
-    if n == 1:
-        assert_close(a, b)
-    else:
-        # the reference does not repeat the hint per image and fails; ours gives n pictures
-        assert a.shape == (n, height, width, 3)
+    assert a.shape == (n, height, width, 3)
+    assert_close(a, b)
 
 
 def test_controlnet_img2img(decoder_folder):
@@ -188,3 +185,31 @@ def test_prior_emb2emb(prior_folder, strength, n):
     b = theirs(**kwargs, generator=generator())
     assert_close(a.image_embeds, b.image_embeds)
     assert_close(a.negative_image_embeds, b.negative_image_embeds)
+
+
+@pytest.mark.parametrize("kind,pipeline", [
+    ("text2img", "KandinskyV22Pipeline"),
+    ("controlnet", "KandinskyV22ControlnetPipeline"),
+    ("inpaint", "KandinskyV22InpaintPipeline"),
+])
+def test_images_per_prompt_without_guidance(decoder_folder, kind, pipeline):
+    """Without guidance the reference forgets to repeat embeds / hints per image; each image must equal a
+    single-image run with the same generator."""
+    import sfumato
+
+    config = "deep" if kind == "controlnet" else "small"
+    pipe = getattr(sfumato, pipeline).from_pretrained(decoder_folder(config, kind))
+    pipe.set_progress_bar_config(disable=True)
+    positive, negative = embeds(1, pipe.unet.config.encoder_hid_dim)
+    extra = {}
+    if kind == "controlnet":
+        extra["hint"] = torch.rand(1, 3, 64, 64, generator=generator(3))
+    if kind == "inpaint":
+        extra.update(image=picture(64, 64), mask_image=mask(64, 64))
+    common = dict(image_embeds=positive, negative_image_embeds=negative, height=64, width=64, num_inference_steps=2,
+                  guidance_scale=1.0, output_type="np", **extra)
+    both = pipe(**common, num_images_per_prompt=2, generator=[generator(1), generator(2)]).images
+    for i, seed in enumerate((1, 2)):
+        single = pipe(**common, generator=generator(seed)).images
+        assert_close(both[i:i + 1], single)
+    assert np.abs(both[0] - both[1]).max() > 1e-3

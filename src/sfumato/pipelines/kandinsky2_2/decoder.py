@@ -26,6 +26,9 @@ class KandinskyV22Decoder(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]
+    # output_type="pt" gives the MoVQ's raw [-1, 1] output in the reference's text-to-image,
+    # inpaint and ControlNet pipelines and [0, 1] in its image-to-image ones; we keep its numbers
+    pt_output_in_unit_range = False
 
     def __init__(self, unet, scheduler, movq):
         super().__init__()
@@ -134,7 +137,7 @@ class KandinskyV22Decoder(DiffusionPipeline):
             image_latents = _broadcast(image_latents, batch).repeat_interleave(n, dim=0)
             latents = noised_image_latents(image_latents, self.scheduler, timesteps[:1], generator)
         else:
-            shape = (batch * n, self.unet.config.in_channels, *latent_size)
+            shape = (batch * n, self.movq.config.latent_channels, *latent_size)
             latents = noise_latents(shape, self.scheduler, generator, device, dtype, latents)
 
         def predict(model_input, t, tensors):
@@ -155,7 +158,8 @@ class KandinskyV22Decoder(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = postprocess(self.movq.decode(latents, force_not_quantize=True)["sample"], output_type)
+            decoded = self.movq.decode(latents, force_not_quantize=True)["sample"]
+            images = postprocess(decoded, output_type, denormalize_pt=self.pt_output_in_unit_range)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -211,6 +215,8 @@ class KandinskyV22Pipeline(KandinskyV22Decoder):
 class KandinskyV22Img2ImgPipeline(KandinskyV22Decoder):
     """Image-to-image: the picture is noised to ``strength`` and denoised towards the embeddings."""
 
+    pt_output_in_unit_range = True
+
     def __call__(self, image_embeds, image, negative_image_embeds, height: int = 512, width: int = 512,
                  num_inference_steps: int = 100, guidance_scale: float = 4.0, strength: float = 0.3,
                  num_images_per_prompt: int = 1, generator=None, output_type: str | None = "pil",
@@ -254,6 +260,8 @@ class KandinskyV22ControlnetPipeline(KandinskyV22Decoder):
 
 class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22Decoder):
     """ControlNet image-to-image: a picture noised to ``strength``, steered by the ``hint``."""
+
+    pt_output_in_unit_range = True
 
     def __call__(self, image_embeds, image, negative_image_embeds, hint, height: int = 512, width: int = 512,
                  num_inference_steps: int = 100, guidance_scale: float = 4.0, strength: float = 0.3,
