@@ -276,6 +276,9 @@ class DiffusionPipeline(ConfigMixin):
             if isinstance(torch_dtype, dict):
                 torch_dtype = {k[len(prefix) + 1:] if k.startswith(prefix + "_") else k: v
                                for k, v in torch_dtype.items()}
+            local = folder / str(source)
+            if not Path(str(source)).is_absolute() and local.is_dir():
+                source = local  # a path relative to the folder, as a self-contained model keeps it
             sub = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, variant=variant,
                                                     use_safetensors=use_safetensors, **passed)
             components.update({f"{prefix}_{name}": c for name, c in sub.components.items()})
