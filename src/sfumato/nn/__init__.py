@@ -29,12 +29,14 @@ from .embeddings import (
 from .norms import AdaGroupNorm, SpatialNorm
 from .resnet import ResnetBlock2D, ResnetBlockCondNorm2D
 from .sampling import Downsample2D, Upsample2D
+from .transformer import BasicTransformerBlock, FeedForward, Transformer2DModel, Transformer2DModelOutput
 
 __all__ = [
     "AdaGroupNorm", "ApproximateGELU", "Attention", "AttnAddedKVProcessor", "AttnAddedKVProcessor2_0",
-    "AttnProcessor", "AttnProcessor2_0", "Downsample2D", "GEGLU", "GELU", "GaussianFourierProjection",
+    "AttnProcessor", "AttnProcessor2_0", "BasicTransformerBlock", "Downsample2D", "FeedForward", "GEGLU", "GELU", "GaussianFourierProjection",
     "ImageHintTimeEmbedding", "ImageProjection", "ImageTimeEmbedding", "ResnetBlock2D", "ResnetBlockCondNorm2D",
     "SpatialNorm", "TextImageProjection", "TextImageTimeEmbedding", "TimestepEmbedding", "Timesteps",
+    "Transformer2DModel", "Transformer2DModelOutput",
     "Upsample2D", "attn_processors", "get_activation", "set_attn_processor", "set_default_attn_processor",
     "timestep_embedding",
 ]
