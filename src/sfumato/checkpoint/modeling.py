@@ -59,6 +59,8 @@ class ModelMixin(nn.Module, ConfigMixin):
 
         As in diffusers, weights load in float32 unless ``torch_dtype`` says otherwise.
         """
+        if "dtype" in kwargs:  # the reference's newer spelling of torch_dtype
+            torch_dtype = kwargs.pop("dtype")
         dtype = parse_dtype(torch_dtype) or torch.float32
         hub_kwargs = split_hub_kwargs(kwargs)
         for ignored in ("low_cpu_mem_usage", "device_map", "output_loading_info"):

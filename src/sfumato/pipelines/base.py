@@ -189,6 +189,8 @@ class DiffusionPipeline(ConfigMixin):
         """
         hub_kwargs = split_hub_kwargs(kwargs)
         torch_dtype = kwargs.pop("torch_dtype", None)
+        if "dtype" in kwargs:  # the reference's newer spelling of torch_dtype
+            torch_dtype = kwargs.pop("dtype")
         variant = kwargs.pop("variant", None)
         use_safetensors = kwargs.pop("use_safetensors", None)
         for ignored in ("low_cpu_mem_usage", "device_map", "safety_checker", "requires_safety_checker"):
