@@ -22,6 +22,7 @@ needs_scipy = pytest.mark.skipif(importlib.util.find_spec("scipy") is None, reas
         (dict(SD_LIKE, timestep_spacing="leading", steps_offset=1, use_karras_sigmas=True), 25),
         (dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"), 7),
         (dict(SD_LIKE, prediction_type="sample", solver_order=3, solver_type="heun"), 20),
+        (dict(solver_type="heun"), 9),
         (dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min", solver_order=3), 11),
         (dict(algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min",
               prediction_type="v_prediction"), 8),
