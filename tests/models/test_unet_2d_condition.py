@@ -34,6 +34,9 @@ KANDINSKY_22_DECODER = {
 }
 # the depth ControlNet decoder: the hint's 4 feature channels are concatenated to the 4 latent channels
 KANDINSKY_22_CONTROLNET = dict(KANDINSKY_22_DECODER, addition_embed_type="image_hint", in_channels=8)
+# Kandinsky 2.1: multilingual-CLIP text tokens (1024 wide) plus image tokens
+KANDINSKY_21_DECODER = dict(KANDINSKY_22_DECODER, addition_embed_type="text_image",
+                            encoder_hid_dim_type="text_image_proj", encoder_hid_dim=1024)
 STABLE_DIFFUSION_15 = {
     "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
     "center_input_sample": False, "cross_attention_dim": 768,
@@ -232,8 +235,8 @@ def test_diffusers_checkpoint_loads_and_ours_loads_in_diffusers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config", [KANDINSKY_22_DECODER, KANDINSKY_22_CONTROLNET, STABLE_DIFFUSION_15],
-    ids=["kandinsky22_decoder", "kandinsky22_controlnet", "stable_diffusion_15"],
+    "config", [KANDINSKY_22_DECODER, KANDINSKY_22_CONTROLNET, STABLE_DIFFUSION_15, KANDINSKY_21_DECODER],
+    ids=["kandinsky22_decoder", "kandinsky22_controlnet", "stable_diffusion_15", "kandinsky21_decoder"],
 )
 def test_full_size_layout_matches_reference(config):
     with torch.device("meta"):
@@ -276,7 +279,7 @@ def test_missing_image_embeds_is_named(tiny_pair):
 def test_wrong_image_embeds_shape_is_named(tiny_pair):
     inputs = make_inputs(TINY_KANDINSKY, size=(8, 8))
     inputs["added_cond_kwargs"]["image_embeds"] = torch.randn(2, 19)
-    with pytest.raises(ValueError, match=r"image_embeds'\] must have shape \(2, 20\).*got \(2, 19\)"):
+    with pytest.raises(ValueError, match=r"image_embeds'\] must have shape \(2, 20\), got \(2, 19\)"):
         tiny_pair["kandinsky22"](**inputs)
 
 
@@ -313,7 +316,10 @@ def test_missing_text_condition_is_named():
     _, ours = make_pair(TINY_CONFIGS["stable_diffusion"])
     inputs = make_inputs(TINY_CONFIGS["stable_diffusion"])
     inputs["encoder_hidden_states"] = None
-    with pytest.raises(ValueError, match="encoder_hidden_states must be a"):
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must have shape \(2, tokens, 24\), got NoneType"):
+        ours(**inputs)
+    inputs["encoder_hidden_states"] = torch.randn(2, 7, 32)
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must have shape \(2, tokens, 24\), got \(2, 7, 32\)"):
         ours(**inputs)
 
 

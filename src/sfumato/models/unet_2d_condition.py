@@ -68,6 +68,16 @@ def _per_block(value: Any, count: int, name: str) -> list:
     return [value] * count
 
 
+def _check_shape(name: str, tensor: Any, expected: tuple) -> None:
+    """``tensor`` must have ``len(expected)`` dims; int entries of ``expected`` must match exactly."""
+    ok = isinstance(tensor, torch.Tensor) and tensor.ndim == len(expected) and all(
+        not isinstance(want, int) or size == want for size, want in zip(tensor.shape, expected))
+    if not ok:
+        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        shown = "(" + ", ".join(str(want) for want in expected) + ")"
+        raise ValueError(f"{name} must have shape {shown}, got {got}")
+
+
 class UNet2DConditionModel(ModelMixin):
     """Conditional 2D UNet; config fields and weight names are those of the reference."""
 
@@ -457,54 +467,70 @@ class UNet2DConditionModel(ModelMixin):
     # -- forward helpers -------------------------------------------------------
 
     def _check_inputs(self, sample, encoder_hidden_states, added_cond_kwargs) -> None:
-        """Fail before any compute, naming the argument that is off."""
-        config = self.config
-        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
-            got = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
-            raise ValueError(f"sample must be a 4-D tensor (batch, channels, height, width), got {got}")
-        hint_channels = 4 if config.addition_embed_type == "image_hint" else 0
-        if sample.shape[1] + hint_channels != config.in_channels:
-            raise ValueError(
-                f"sample has {sample.shape[1]} channels, but this UNet takes {config.in_channels - hint_channels}"
-                + (" (plus 4 from the hint)" if hint_channels else "")
-                + f": got shape {tuple(sample.shape)}"
-            )
-        batch = sample.shape[0]
-        needs_image = config.encoder_hid_dim_type in ("image_proj", "text_image_proj") or config.addition_embed_type in (
-            "image", "image_hint", "text_image")
-        required = (["image_embeds"] if needs_image else []) + (["hint"] if hint_channels else []) + (
-            ["text_embeds", "time_ids"] if config.addition_embed_type == "text_time" else [])
+        """Fail before any compute, naming the argument that is off and what it needs."""
+        self._check_sample(sample)
+        required = self._required_conditions()
         missing = [key for key in required if added_cond_kwargs.get(key) is None]
         if missing:
             raise ValueError(
                 f"added_cond_kwargs must contain {required} for this UNet (encoder_hid_dim_type="
-                f"{config.encoder_hid_dim_type!r}, addition_embed_type={config.addition_embed_type!r}); "
+                f"{self.config.encoder_hid_dim_type!r}, addition_embed_type={self.config.addition_embed_type!r}); "
                 f"missing {missing}"
             )
-        if needs_image:
-            image_embeds = added_cond_kwargs["image_embeds"]
-            width = config.encoder_hid_dim if config.encoder_hid_dim_type == "image_proj" else None
-            if config.addition_embed_type in ("image", "image_hint"):
-                width = config.encoder_hid_dim
-            if image_embeds.ndim != 2 or image_embeds.shape[0] != batch or (width and image_embeds.shape[1] != width):
-                raise ValueError(
-                    f"added_cond_kwargs['image_embeds'] must have shape ({batch}, {width or 'embed_dim'}) to match "
-                    f"the sample batch, got {tuple(image_embeds.shape)}"
-                )
-        if hint_channels:
-            hint = added_cond_kwargs["hint"]
-            latent = tuple(sample.shape[-2:])
-            hint_latent = tuple(-(-size // 8) for size in hint.shape[-2:]) if hint.ndim == 4 else None
-            if hint.ndim != 4 or hint.shape[0] != batch or hint.shape[1] != ImageHintTimeEmbedding.hint_channels \
-                    or hint_latent != latent:
-                raise ValueError(
-                    f"added_cond_kwargs['hint'] must have shape ({batch}, 3, {8 * latent[0]}, {8 * latent[1]}) "
-                    f"(an image 8x the latent size), got {tuple(hint.shape)}"
-                )
-        if config.encoder_hid_dim_type != "image_proj":
-            if encoder_hidden_states is None or encoder_hidden_states.ndim != 3:
-                got = None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)
-                raise ValueError(f"encoder_hidden_states must be a (batch, tokens, features) tensor, got {got}")
+        batch = sample.shape[0]
+        if "image_embeds" in required:
+            _check_shape("added_cond_kwargs['image_embeds']", added_cond_kwargs["image_embeds"],
+                         (batch, self._image_embed_width()))
+        if "hint" in required:
+            self._check_hint(added_cond_kwargs["hint"], sample)
+        if self.config.encoder_hid_dim_type != "image_proj":
+            # image_proj (Kandinsky 2.2) makes its tokens from image_embeds; the others read these
+            width = self.config.encoder_hid_dim if self.config.encoder_hid_dim_type else self.config.cross_attention_dim
+            _check_shape("encoder_hidden_states", encoder_hidden_states,
+                         (batch, "tokens", width if isinstance(width, int) else "features"))
+
+    def _check_sample(self, sample) -> None:
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
+            got = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise ValueError(f"sample must be a 4-D tensor (batch, channels, height, width), got {got}")
+        hint_channels = 4 if self.config.addition_embed_type == "image_hint" else 0
+        if sample.shape[1] + hint_channels != self.config.in_channels:
+            raise ValueError(
+                f"sample has {sample.shape[1]} channels, but this UNet takes {self.config.in_channels - hint_channels}"
+                + (" (plus 4 from the hint)" if hint_channels else "")
+                + f": got shape {tuple(sample.shape)}"
+            )
+
+    def _required_conditions(self) -> list[str]:
+        """The ``added_cond_kwargs`` keys this config reads."""
+        kind, addition = self.config.encoder_hid_dim_type, self.config.addition_embed_type
+        required = []
+        if kind in ("image_proj", "text_image_proj") or addition in ("image", "image_hint", "text_image"):
+            required.append("image_embeds")
+        if addition == "image_hint":
+            required.append("hint")
+        if addition == "text_time":
+            required += ["text_embeds", "time_ids"]
+        return required
+
+    def _image_embed_width(self) -> int | str:
+        # Kandinsky 2.2 embeds are encoder_hid_dim wide; 2.1 feeds them at cross_attention_dim
+        if self.config.encoder_hid_dim_type == "image_proj" or self.config.addition_embed_type in ("image", "image_hint"):
+            return self.config.encoder_hid_dim
+        width = self.config.cross_attention_dim
+        return width if isinstance(width, int) else "embed_dim"
+
+    @staticmethod
+    def _check_hint(hint, sample: torch.Tensor) -> None:
+        """The hint must be an image 8x the latent size: the hint encoder halves it three times."""
+        batch, latent = sample.shape[0], tuple(sample.shape[-2:])
+        expected = (batch, ImageHintTimeEmbedding.hint_channels, 8 * latent[0], 8 * latent[1])
+        ok = isinstance(hint, torch.Tensor) and hint.ndim == 4 and tuple(hint.shape[:2]) == expected[:2] \
+            and tuple(-(-size // 8) for size in hint.shape[-2:]) == latent
+        if not ok:
+            got = tuple(hint.shape) if isinstance(hint, torch.Tensor) else type(hint).__name__
+            raise ValueError(f"added_cond_kwargs['hint'] must have shape {expected} (an image 8x the latent "
+                             f"size), got {got}")
 
     @staticmethod
     def _mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
