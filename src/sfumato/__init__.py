@@ -36,6 +36,7 @@ _export(
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
     "LMSDiscreteScheduler",
+    "KarrasDiffusionSchedulers",
 )
 _export("models.unet_2d_condition", "UNet2DConditionModel")
 _export("models.vq_model", "VQModel")

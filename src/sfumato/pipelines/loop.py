@@ -9,6 +9,7 @@ the loop itself is written once.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -104,6 +105,7 @@ def denoise(
     arguments (the UnCLIP scheduler wants ``prev_timestep``).
     """
     scheduler = pipeline.scheduler
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters  # PNDM and LMS draw no noise
     if do_guidance is None:
         do_guidance = guidance_scale > 1.0
     tensors = dict(tensors or {})
@@ -119,8 +121,10 @@ def denoise(
             output = guide(output, guidance_scale, latent_channels, combine)
         if output.shape[1] > latent_channels and not learns_variance(scheduler):
             output = output[:, :latent_channels]
-        latents = scheduler.step(output, t, latents, generator=generator,
-                                 **(step_kwargs(i, t) if step_kwargs else {})).prev_sample
+        extra = dict(step_kwargs(i, t)) if step_kwargs else {}
+        if takes_generator:
+            extra["generator"] = generator
+        latents = scheduler.step(output, t, latents, **extra).prev_sample
         if after_step is not None:
             latents = after_step(latents, i, t)
         tensors["latents"] = latents

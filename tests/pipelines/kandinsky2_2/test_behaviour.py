@@ -220,3 +220,17 @@ def test_missing_prior_in_model_card_is_a_clear_error(tmp_path, decoder_folder):
 
     with pytest.raises(CheckpointError, match="prior_prior"):
         sfumato.AutoPipelineForText2Image.from_pretrained(decoder_folder("small"))
+
+
+@pytest.mark.parametrize("name", ["PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+                                  "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler"])
+def test_every_scheduler_swaps_in(decoder, name):
+    """Schedulers whose step draws no noise (PNDM, LMS) must work too: the loop passes a generator only
+    to those that take one."""
+    original = decoder.scheduler
+    try:
+        decoder.scheduler = getattr(sfumato, name).from_config(original.config)
+        out = call(decoder, num_inference_steps=5).images
+    finally:
+        decoder.scheduler = original
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
