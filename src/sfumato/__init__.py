@@ -57,7 +57,7 @@ _export(
 )
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 
-_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo"}
+_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

@@ -71,7 +71,9 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         self._check_common(owner, ("epsilon", "sample", "v_prediction", "flow_prediction"),
                            algorithm_type=ALGORITHM_TYPES, solver_type=SOLVER_TYPES,
                            final_sigmas_type=("zero", "sigma_min"), solver_order=(1, 2, 3),
-                           variance_type=(None, "learned", "learned_range"), time_shift_type=("exponential",))
+                           time_shift_type=("exponential",))
+        # variance_type only matters when learned (the extra channels are dropped); DDPM's fixed_* values,
+        # which arrive when swapping from a DDPM config, mean "not learned" here, as in the reference
         if not algorithm_type.endswith("dpmsolver++"):
             if final_sigmas_type == "zero":
                 raise ValueError(f"{owner}: final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or "
