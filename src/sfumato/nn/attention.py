@@ -102,7 +102,8 @@ class AttnProcessor2_0:
             if attn.group_norm is not None:
                 # normalising the (B, C, H, W) map equals normalising its (B, C, H*W) view
                 hidden_states = attn.group_norm(hidden_states)
-            hidden_states = hidden_states.view(batch, channels, -1).transpose(1, 2)
+            # contiguous once, instead of one copy per projection
+            hidden_states = hidden_states.view(batch, channels, -1).transpose(1, 2).contiguous()
         elif attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
@@ -118,9 +119,11 @@ class AttnProcessor2_0:
         hidden_states = attn.to_out[1](attn.to_out[0](_merge_heads(hidden_states).to(query.dtype)))
 
         if feature_map_shape is not None:
-            hidden_states = hidden_states.transpose(1, 2).reshape(feature_map_shape[0], -1, *feature_map_shape[2:])
+            hidden_states = hidden_states.transpose(1, 2).view(feature_map_shape[0], -1, *feature_map_shape[2:])
         if attn.residual_connection:
-            hidden_states = hidden_states + residual
+            hidden_states = residual + hidden_states  # residual first: the sum takes its contiguous layout
+        elif feature_map_shape is not None:
+            hidden_states = hidden_states.contiguous()
         if attn.rescale_output_factor != 1.0:
             hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
@@ -147,7 +150,8 @@ class AttnAddedKVProcessor2_0:
         context = pixels if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross is not None:
             context = attn.norm_encoder_hidden_states(context)
-        normed = attn.group_norm(hidden_states).view(batch, channels, -1).transpose(1, 2)
+        # made contiguous once here, rather than copied by each of the three projections below
+        normed = attn.group_norm(hidden_states).view(batch, channels, -1).transpose(1, 2).contiguous()
 
         query = _split_heads(attn.to_q(normed), attn.heads)
         key = _split_heads(attn.add_k_proj(context), attn.heads)
@@ -162,7 +166,9 @@ class AttnAddedKVProcessor2_0:
             mask = F.pad(mask, (0, pixels.shape[1]), value=0.0)
         hidden_states = scaled_dot_product(attn, query, key, value, _as_bias(mask), self.use_sdpa)
         hidden_states = attn.to_out[1](attn.to_out[0](_merge_heads(hidden_states)))
-        return hidden_states.transpose(1, 2).reshape(residual.shape) + residual
+        # adding the (B, C, H, W) *view* of the tokens to the contiguous residual reads them once and
+        # yields a contiguous result; reshaping first would copy them
+        return residual + hidden_states.transpose(1, 2).view(residual.shape)
 
 
 class AttnAddedKVProcessor(AttnAddedKVProcessor2_0):

@@ -121,7 +121,8 @@ class ResnetBlock2D(nn.Module):
             temb = None
         if self.time_embedding_norm == "scale_shift":
             scale, shift = temb.chunk(2, dim=1)
-            return self.norm2(hidden_states) * (1 + scale) + shift
+            # shift + h * (1 + scale) in one pass over the feature map (instead of two)
+            return torch.addcmul(shift, self.norm2(hidden_states), 1 + scale)
         if temb is not None:
             hidden_states = hidden_states + temb
         return self.norm2(hidden_states)
@@ -139,7 +140,8 @@ class ResnetBlock2D(nn.Module):
         hidden_states = self.conv2(self.dropout(hidden_states))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        output = input_tensor + hidden_states
+        # conv2's output is a fresh tensor: adding in place saves allocating another feature map
+        output = hidden_states.add_(input_tensor)
         # dividing by 1.0 would change nothing but cost a pass over the tensor
         if self.output_scale_factor != 1.0:
             output = output / self.output_scale_factor
