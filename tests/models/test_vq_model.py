@@ -331,7 +331,8 @@ def test_encode_rejects_bad_images(tiny_movq):
 
 
 def test_decode_rejects_bad_latents(tiny_movq):
-    with pytest.raises(ValueError, match=r"h must be latents of shape \(batch, 4, height, width\).*got shape \(1, 3, 8, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"h must be latents of shape \(batch, 4, height, width\).*got shape \(1, 3, 8, 8\)"):
         tiny_movq.decode(torch.zeros(1, 3, 8, 8), force_not_quantize=True)
     with pytest.raises(ValueError, match="h must be latents.*got shape"):
         tiny_movq.decode(torch.zeros(4, 8, 8))
@@ -355,12 +356,14 @@ def test_decode_by_index_needs_a_matching_shape():
 @pytest.mark.parametrize("overrides, message", [
     ({"norm_type": "layer"}, r"norm_type must be one of \['group', 'spatial'\], got 'layer'"),
     ({"down_block_types": ["DownEncoderBlock2D"]}, "down_block_types must have one entry per block_out_channels entry"),
-    ({"up_block_types": ["UpDecoderBlock2D", "CrossAttnUpBlock2D"]}, r"up_block_types may only contain.*CrossAttnUpBlock2D"),
+    ({"up_block_types": ["UpDecoderBlock2D", "CrossAttnUpBlock2D"]},
+     r"up_block_types may only contain.*CrossAttnUpBlock2D"),
     ({"block_out_channels": [32, 48]}, "divisible by the number of norm groups \\(32, fixed by SpatialNorm\\), got 48"),
     ({"norm_num_groups": 3}, "divisible by the number of norm groups \\(3\\), got 32"),
     ({"act_fn": "tanh"}, "activation 'tanh' is not supported"),
     ({"layers_per_block": 0}, "layers_per_block must be a positive int, got 0"),
-    ({"vq_embed_dim": 6}, "norm_type='spatial' needs vq_embed_dim == latent_channels.*got vq_embed_dim=6, latent_channels=4"),
+    ({"vq_embed_dim": 6},
+     "norm_type='spatial' needs vq_embed_dim == latent_channels.*got vq_embed_dim=6, latent_channels=4"),
 ])
 def test_bad_config_is_rejected_before_building(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -20,6 +20,11 @@ result is the same:
   full-size maps;
 * activations and residual additions run in place on tensors the layer itself
   created, when no gradient is being recorded.
+
+Resampling comes from ``sfumato.nn``. The norm, resnet and attention layers are
+kept here rather than taken from ``sfumato.nn`` because of the points above and
+because the attention mirrors the reference's operation order exactly (3-d group
+norm, channels-last residual sum), which keeps fp32 results within ~1e-6 of it.
 """
 
 from __future__ import annotations
@@ -164,7 +169,9 @@ class ResnetBlock(nn.Module):
         self.norm2 = _make_norm(out_channels, norm_num_groups, zq_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.nonlinearity = get_activation(act_fn)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, input_tensor: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = _activate(self.nonlinearity, _normalise(self.norm1, input_tensor, zq))

@@ -79,7 +79,7 @@ class VectorQuantizer(nn.Module):
         return z_q.permute(0, 3, 1, 2).contiguous(), loss, (None, None, indices)
 
     def get_codebook_entry(self, indices: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor:
-        """Codebook vectors for ``indices``; with ``shape`` = (batch, h, w, dim) they come back as (batch, dim, h, w)."""
+        """Codebook vectors for ``indices``; given ``shape`` = (batch, h, w, dim), laid out as (batch, dim, h, w)."""
         z_q = self.embedding(indices)
         if shape is not None:
             z_q = z_q.view(shape).permute(0, 3, 1, 2).contiguous()
@@ -217,7 +217,9 @@ class VQModel(ModelMixin):
     def _check_images(self, x: torch.Tensor) -> None:
         expected = self.config.in_channels
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape (batch, {expected}, height, width), got {type(x).__name__}")
+            raise TypeError(
+                f"x must be a torch.Tensor of shape (batch, {expected}, height, width), got {type(x).__name__}"
+            )
         if x.ndim != 4 or x.shape[1] != expected:
             raise ValueError(
                 f"x must have shape (batch, {expected}, height, width) (in_channels={expected}), "
@@ -235,7 +237,9 @@ class VQModel(ModelMixin):
     def _check_latents(self, h: torch.Tensor) -> None:
         expected = self.quant_conv.out_channels
         if not isinstance(h, torch.Tensor):
-            raise TypeError(f"h must be a torch.Tensor of latents (batch, {expected}, height, width), got {type(h).__name__}")
+            raise TypeError(
+                f"h must be a torch.Tensor of latents (batch, {expected}, height, width), got {type(h).__name__}"
+            )
         if h.ndim != 4 or h.shape[1] != expected:
             raise ValueError(
                 f"h must be latents of shape (batch, {expected}, height, width) (vq_embed_dim={expected}), "
@@ -247,7 +251,9 @@ class VQModel(ModelMixin):
     def _check_indices(self, h: torch.Tensor, shape: tuple[int, ...] | None) -> None:
         if not isinstance(h, torch.Tensor) or h.is_floating_point() or h.is_complex():
             got = h.dtype if isinstance(h, torch.Tensor) else type(h).__name__
-            raise TypeError(f"with lookup_from_codebook and force_not_quantize, h must be integer codebook indices, got {got}")
+            raise TypeError(
+                f"with lookup_from_codebook and force_not_quantize, h must be integer codebook indices, got {got}"
+            )
         dim = self.quantize.vq_embed_dim
         if shape is None or len(shape) != 4 or shape[3] != dim or shape[0] * shape[1] * shape[2] != h.numel():
             raise ValueError(
