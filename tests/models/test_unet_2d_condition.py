@@ -341,3 +341,15 @@ def test_bad_configs_are_named():
         UNet2DConditionModel(**dict(TINY_KANDINSKY, num_attention_heads=4))
     with pytest.raises(ValueError, match="addition_embed_type must be one of"):
         UNet2DConditionModel(**dict(TINY_KANDINSKY, addition_embed_type="imag"))
+
+
+def test_gradients_flow_like_reference():
+    """In-place shortcuts in the blocks must not break training: same gradients as the reference."""
+    reference, ours = make_pair(TINY_CONFIGS["kandinsky22"])
+    inputs = make_inputs(TINY_CONFIGS["kandinsky22"], size=(8, 8))
+    reference(**inputs).sample.square().mean().backward()
+    ours(**inputs).sample.square().mean().backward()
+    theirs = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        assert parameter.grad is not None, name
+        assert (parameter.grad - theirs[name].grad).abs().max().item() <= 1e-5, name
