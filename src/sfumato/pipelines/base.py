@@ -134,6 +134,23 @@ class DiffusionPipeline(ConfigMixin):
             module.to(device=device, dtype=dtype)
         return self
 
+    # ------------------------------------------------------------------ state of the last call
+
+    _guidance_scale: float = 1.0
+    _num_timesteps: int = 0
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
     # ------------------------------------------------------------------ progress
 
     def progress_bar(self, iterable=None, total=None):

@@ -42,18 +42,6 @@ class KandinskyV22Decoder(DiffusionPipeline):
     def image_processor(self) -> ImageProcessor:
         return ImageProcessor(vae_scale_factor=self.movq_scale_factor, resample="bicubic", reducing_gap=1)
 
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
     def size_multiple(self) -> int:
         """Heights and widths must be multiples of this, so every level of the UNet gets whole pixels."""
         unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)

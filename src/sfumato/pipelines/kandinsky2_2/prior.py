@@ -53,18 +53,6 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
         self.register_modules(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                               image_encoder=image_encoder, image_processor=image_processor)
 
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
     # ------------------------------------------------------------------ conditioning
 
     def _tokenize(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
