@@ -234,3 +234,39 @@ def test_every_scheduler_swaps_in(decoder, name):
     finally:
         decoder.scheduler = original
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("prompt,negative,n,strength", [
+    ("a red circle", None, 1, 0.5),
+    (["a red circle", "a blue square"], ["dark", "noisy"], 2, 0.75),
+])
+def test_img2img_combined_matches_reference(tmp_path, prior_folder, decoder_folder, prompt, negative, n, strength):
+    import diffusers
+
+    folder = combined_folder(tmp_path, prior_folder, decoder_folder)
+    ours = sfumato.AutoPipelineForImage2Image.from_pretrained(folder)
+    theirs = diffusers.AutoPipelineForImage2Image.from_pretrained(folder)
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt=prompt, negative_prompt=negative, image=picture(64, 64), height=64, width=64,
+                  num_inference_steps=4, strength=strength, num_images_per_prompt=n, prior_num_inference_steps=2,
+                  output_type="np")
+    a = ours(**kwargs, generator=generator()).images
+    assert len(a) == (2 if isinstance(prompt, list) else 1) * n
+    assert_close(a, theirs(**kwargs, generator=generator()).images)
+
+
+def test_text2img_combined_batch_matches_reference(tmp_path, prior_folder, decoder_folder):
+    import diffusers
+
+    folder = combined_folder(tmp_path, prior_folder, decoder_folder)
+    ours = sfumato.KandinskyV22CombinedPipeline.from_pretrained(folder)
+    theirs = diffusers.KandinskyV22CombinedPipeline.from_pretrained(folder)
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt=["a red circle", "a blue square"], negative_prompt=["dark", "noisy"], height=64, width=96,
+                  num_inference_steps=2, prior_num_inference_steps=3, num_images_per_prompt=2, guidance_scale=3.0,
+                  prior_guidance_scale=2.0, output_type="np")
+    a = ours(**kwargs, generator=generator()).images
+    assert a.shape == (4, 64, 96, 3)
+    assert_close(a, theirs(**kwargs, generator=generator()).images)

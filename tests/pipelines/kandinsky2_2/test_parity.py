@@ -130,12 +130,15 @@ def test_controlnet(decoder_folder, height, width, n):
     assert_close(a, b)
 
 
-def test_controlnet_img2img(decoder_folder):
+@pytest.mark.parametrize("batch,n,guidance,strength", [(1, 1, 4.0, 0.5), (2, 2, 4.0, 0.75), (1, 1, 1.0, 1.0)])
+def test_controlnet_img2img(decoder_folder, batch, n, guidance, strength):
     ours, theirs = load_both(decoder_folder("deep", "controlnet"), "KandinskyV22ControlnetImg2ImgPipeline")
-    positive, negative = embeds(1, ours.unet.config.encoder_hid_dim)
-    hint = torch.rand(1, 3, 64, 64, generator=generator(3))
+    positive, negative = embeds(batch, ours.unet.config.encoder_hid_dim)
+    hint = torch.rand(batch, 3, 64, 64, generator=generator(3))
     a, b = run_both(ours, theirs, image_embeds=positive, negative_image_embeds=negative, hint=hint,
-                    image=picture(64, 64), height=64, width=64, num_inference_steps=4, strength=0.5, output_type="np")
+                    image=[picture(64, 64, i) for i in range(batch)], height=64, width=64, num_inference_steps=4,
+                    strength=strength, guidance_scale=guidance, num_images_per_prompt=n, output_type="np")
+    assert a.shape == (batch * n, 64, 64, 3)
     assert_close(a, b)
 
 
@@ -167,11 +170,13 @@ def test_prior(prior_folder, config, prompts, negative, n, guidance):
     assert_close(a.negative_image_embeds, b.negative_image_embeds)
 
 
-def test_prior_interpolate(prior_folder):
-    ours, theirs = load_both(prior_folder["small"], "KandinskyV22PriorPipeline")
+@pytest.mark.parametrize("config,negative,n", [("small", "", 1), ("wide", "blurry", 2)])
+def test_prior_interpolate(prior_folder, config, negative, n):
+    ours, theirs = load_both(prior_folder[config], "KandinskyV22PriorPipeline")
     items = ["a red circle", picture(40, 48, 5), "a blue square"]
-    a = ours.interpolate(items, [0.3, 0.3, 0.4], num_inference_steps=3, generator=generator())
-    b = theirs.interpolate(items, [0.3, 0.3, 0.4], num_inference_steps=3, generator=generator())
+    kwargs = dict(num_inference_steps=3, negative_prompt=negative, num_images_per_prompt=n)
+    a = ours.interpolate(items, [0.3, 0.3, 0.4], **kwargs, generator=generator())
+    b = theirs.interpolate(items, [0.3, 0.3, 0.4], **kwargs, generator=generator())
     assert_close(a.image_embeds, b.image_embeds)
     assert_close(a.negative_image_embeds, b.negative_image_embeds)
 
