@@ -21,9 +21,8 @@ result is the same:
 * activations and residual additions run in place on tensors the layer itself
   created, when no gradient is being recorded.
 
-Resampling comes from ``sfumato.nn``. The norm, resnet and attention layers are
-kept here rather than taken from ``sfumato.nn`` because of the points above and
-because the attention mirrors the reference's operation order exactly (3-d group
+Resampling and ``SpatialNorm`` come from ``sfumato.nn``. The resnet and attention
+layers are kept here rather than taken from ``sfumato.nn`` because the attention mirrors the reference's operation order exactly (3-d group
 norm, channels-last residual sum), which keeps fp32 results within ~1e-6 of it.
 """
 
@@ -34,21 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.activations import get_activation
+from ..nn.norms import SPATIAL_NORM_GROUPS, SpatialNorm, _can_overwrite
 from ..nn.sampling import Downsample2D, Upsample2D
 
 # every norm in these autoencoders uses this epsilon
 NORM_EPS = 1e-6
-# ``SpatialNorm`` always uses 32 groups, whatever the model's ``norm_num_groups``
-SPATIAL_NORM_GROUPS = 32
 
 ENCODER_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 DECODER_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
 NORM_TYPES = ("group", "spatial")
-
-
-def _can_overwrite(tensor: torch.Tensor) -> bool:
-    """True when an in-place op on ``tensor`` cannot break autograd (inference, or nothing to track)."""
-    return not (torch.is_grad_enabled() and tensor.requires_grad)
 
 
 def _activate(activation: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -59,81 +52,6 @@ def _activate(activation: nn.Module, hidden_states: torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------- norms
-
-
-class SpatialNorm(nn.Module):
-    """MoVQ's normalisation (arXiv 2209.09002): ``GroupNorm(f) * conv_y(zq) + conv_b(zq)``.
-
-    ``zq`` (the quantised latents) is resized to the size of ``f`` by nearest
-    neighbour. Because the convs are 1x1, ``conv(resize(zq)) == resize(conv(zq))``:
-    we convolve at latent resolution and, when ``f`` is a power-of-two multiple
-    of ``zq`` (always, inside the decoder), broadcast each latent pixel's scale and
-    shift over its block of ``f`` rather than building full-size maps. The group
-    norm's own affine parameters are folded into that scale and shift, so the
-    full-size tensor is written twice (normalise, modulate) instead of five times.
-    """
-
-    def __init__(self, f_channels: int, zq_channels: int):
-        super().__init__()
-        self.norm_layer = nn.GroupNorm(num_channels=f_channels, num_groups=SPATIAL_NORM_GROUPS, eps=NORM_EPS,
-                                       affine=True)
-        self.conv_y = nn.Conv2d(zq_channels, f_channels, kernel_size=1)
-        self.conv_b = nn.Conv2d(zq_channels, f_channels, kernel_size=1)
-
-    def forward(self, f: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        norm = self.norm_layer
-        normalised = F.group_norm(f, norm.num_groups, eps=norm.eps)
-        # Broadcast elementwise ops are several times slower when operands differ in memory
-        # layout: compute scale and shift in the layout of the normalised features.
-        zq = zq.contiguous(memory_format=_layout_of(normalised))
-        # (normalised * g + b) * y + c  ==  normalised * (g * y) + (b * y + c)
-        scale = self.conv_y(zq)
-        shift = torch.addcmul(self.conv_b(zq), scale, norm.bias[:, None, None])
-        scale = scale * norm.weight[:, None, None]
-        return _modulate(normalised, scale, shift)
-
-
-def _layout_of(tensor: torch.Tensor) -> torch.memory_format:
-    if not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _modulate(features: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``features * up(scale) + up(shift)``, ``up`` being nearest resizing to the size of ``features``.
-
-    ``features`` is overwritten when autograd allows. ``scale`` and ``shift`` have
-    the memory layout of ``features``.
-    """
-    batch, channels, height, width = features.shape
-    low_height, low_width = scale.shape[-2:]
-    ratio_h, ratio_w = height // low_height, width // low_width
-    whole_blocks = (
-        ratio_h * low_height == height and ratio_w * low_width == width
-        # nearest resizing copies each source pixel to a whole block only when 1/ratio is exact in float
-        and ratio_h & (ratio_h - 1) == 0 and ratio_w & (ratio_w - 1) == 0
-    )
-    if not whole_blocks:
-        scale = F.interpolate(scale, size=(height, width), mode="nearest")
-        shift = F.interpolate(shift, size=(height, width), mode="nearest")
-        blocks = per_block = (batch, channels, height, width)
-    elif _layout_of(features) == torch.channels_last:
-        # channels are innermost: a (ratio_h x ratio_w) block of pixels shares one scale vector
-        blocks = (batch, channels, low_height, ratio_h, low_width, ratio_w)
-        per_block = (batch, channels, low_height, 1, low_width, 1)
-    else:
-        # width is innermost: widen scale and shift along it (a small copy, 1/ratio_h of the
-        # features) so the inner loops stay long, and share each row among ratio_h rows
-        if ratio_w > 1:
-            scale = scale.repeat_interleave(ratio_w, dim=-1)
-            shift = shift.repeat_interleave(ratio_w, dim=-1)
-        blocks = (batch, channels, low_height, ratio_h, width)
-        per_block = (batch, channels, low_height, 1, width)
-    scale, shift = scale.reshape(per_block), shift.reshape(per_block)
-    if _can_overwrite(features):
-        features.view(blocks).mul_(scale).add_(shift)
-        return features
-    return torch.addcmul(shift, features.view(blocks), scale).reshape(batch, channels, height, width)
 
 
 def _make_norm(channels: int, norm_num_groups: int, zq_channels: int | None) -> nn.Module:
