@@ -4,24 +4,24 @@ Every part of the real Kandinsky 2.2 is here, in the same classes, config
 fields and checkpoint layout, only narrower and shallower, for 64 x 64
 pictures of the procedural data set (:mod:`sfumato.demo.data`):
 
-========================  ============================================  ==========================
-component                 class                                         role
-========================  ============================================  ==========================
-``movq``                  :class:`sfumato.VQModel` (spatial norm)       64 x 64 RGB <-> 4 x 8 x 8
-``text_encoder``          ``transformers.CLIPTextModelWithProjection``  caption -> tokens + vector
-``tokenizer``             ``transformers.CLIPTokenizer``                one token per caption word
-``image_encoder``         ``transformers.CLIPVisionModelWithProjection`` picture -> CLIP vector
-``image_processor``       ``transformers.CLIPImageProcessor``           PIL -> CLIP pixels
-``prior``                 :class:`sfumato.PriorTransformer`             text -> image embedding
-``unet`` (decoder)        :class:`sfumato.UNet2DConditionModel`         image embedding -> latents
-``unet`` (inpaint)        same, ``in_channels=9``                       + masked picture and mask
-``unet`` (controlnet)     same, ``addition_embed_type="image_hint"``    + a silhouette hint
-========================  ============================================  ==========================
+===================  ==============================================  ============================  ==========
+component            class                                           role                          parameters
+===================  ==============================================  ============================  ==========
+``movq``             :class:`sfumato.VQModel` (spatial norm)         64 x 64 RGB <-> 4 x 8 x 8     0.87 M
+``text_encoder``     ``transformers.CLIPTextModelWithProjection``    caption -> tokens + vector    0.16 M
+``tokenizer``        ``transformers.CLIPTokenizer``                  one token per caption word
+``image_encoder``    ``transformers.CLIPVisionModelWithProjection``  picture -> CLIP vector        0.17 M
+``image_processor``  ``transformers.CLIPImageProcessor``             PIL -> CLIP pixels
+``prior``            :class:`sfumato.PriorTransformer`               text -> image embedding       0.49 M
+``unet`` decoder     :class:`sfumato.UNet2DConditionModel`           image embedding -> latents    2.15 M
+``unet`` inpaint     same, ``in_channels=9``                         + kept picture and mask       2.15 M
+``unet`` control     same, ``addition_embed_type="image_hint"``      + a silhouette hint           2.51 M
+===================  ==============================================  ============================  ==========
 
 The functions here only *build* untrained parts (``build_untrained``); the
 training lives in :mod:`sfumato.demo.train`. Sizes were chosen so that all four
 shipped pipeline folders fit in about 20 MB as fp16 and the whole training
-runs in under an hour on two CPU cores.
+runs in under an hour on two CPU cores (19.8 MiB and 42 minutes as shipped).
 """
 
 from __future__ import annotations

@@ -26,6 +26,13 @@ and at the end) and ``log.json`` with the time each stage took.
 
 Everything is seeded: the same ``--seed`` and settings give the same model.
 Only the training split of :mod:`sfumato.demo.data` is used.
+
+The shipped model (``sfumato/demo/model``) is the four folders of one run,
+``python -m sfumato.demo.train --out DIR --threads 1``, copied there. It took
+42 minutes on a 2-core CPU shared with other work: movq 6.0, clip 4.3, prior
+3.1, decoder 23.5, inpaint 2.1, controlnet 2.5. On a busy machine
+``--threads 1`` is the faster choice: these models are small, and a second
+thread that waits for a busy core costs more than it gives.
 """
 
 from __future__ import annotations
