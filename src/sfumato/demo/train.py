@@ -609,6 +609,12 @@ class DiffusionLoss:
     def num_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
+    def sample_noisy(self, clean: torch.Tensor, generator: torch.Generator):
+        """Random timesteps and noise for a batch, and ``clean`` noised with them (in that draw order)."""
+        timesteps = torch.randint(0, self.num_timesteps, (clean.shape[0],), generator=generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        return timesteps, noise, self.noisy(clean, noise, timesteps)
+
     def noisy(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return _add_noise(self.alphas_cumprod.float(), clean, noise, timesteps)
 
@@ -659,9 +665,7 @@ def train_decoder(context: Context) -> dict[str, Any]:
         rows = _rows(generator, batch, len(latents))
         clean = latents[rows]
         condition = _conditions(embeds[rows], zero_embed, generator)
-        timesteps = torch.randint(0, diffusion.num_timesteps, (batch,), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        noisy = diffusion.noisy(clean, noise, timesteps)
+        timesteps, noise, noisy = diffusion.sample_noisy(clean, generator)
         output = unet(noisy, timesteps, encoder_hidden_states=None,
                       added_cond_kwargs={"image_embeds": condition}).sample
         return diffusion(output, clean, noisy, noise, timesteps)
@@ -731,9 +735,7 @@ def train_inpaint(context: Context) -> dict[str, Any]:
         # repainted region grown by one latent pixel, and the picture's latents times that mask
         keep = kandinsky_latent_mask(1 - repaint_masks(pool, rows, generator), clean.shape[-2:])
         condition = _conditions(embeds[rows], zero_embed, generator)
-        timesteps = torch.randint(0, diffusion.num_timesteps, (batch,), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        noisy = diffusion.noisy(clean, noise, timesteps)
+        timesteps, noise, noisy = diffusion.sample_noisy(clean, generator)
         inputs = torch.cat([noisy, clean * keep, keep], dim=1)
         output = unet(inputs, timesteps, encoder_hidden_states=None,
                       added_cond_kwargs={"image_embeds": condition}).sample
@@ -754,9 +756,7 @@ def train_controlnet(context: Context) -> dict[str, Any]:
         rows = _rows(generator, batch, len(latents))
         clean = latents[rows]
         condition = _conditions(embeds[rows], zero_embed, generator)
-        timesteps = torch.randint(0, diffusion.num_timesteps, (batch,), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        noisy = diffusion.noisy(clean, noise, timesteps)
+        timesteps, noise, noisy = diffusion.sample_noisy(clean, generator)
         output = unet(noisy, timesteps, encoder_hidden_states=None,
                       added_cond_kwargs={"image_embeds": condition, "hint": pool.hints(rows)}).sample
         return diffusion(output, clean, noisy, noise, timesteps)
