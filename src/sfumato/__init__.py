@@ -41,6 +41,7 @@ _export(
 _export("models.unet_2d_condition", "UNet2DConditionModel")
 _export("models.vq_model", "VQModel")
 _export("models.prior_transformer", "PriorTransformer")
+_export("models.multilingual_clip", "MultilingualCLIP", "MCLIPConfig")
 _export("pipelines.base", "DiffusionPipeline", "ImagePipelineOutput")
 _export(
     "pipelines.kandinsky2_2",
@@ -55,6 +56,17 @@ _export(
     "KandinskyV22Img2ImgCombinedPipeline",
     "KandinskyV22InpaintCombinedPipeline",
 )
+_export(
+    "pipelines.kandinsky2_1",
+    "KandinskyPriorPipeline",
+    "KandinskyPipeline",
+    "KandinskyImg2ImgPipeline",
+    "KandinskyInpaintPipeline",
+    "KandinskyCombinedPipeline",
+    "KandinskyImg2ImgCombinedPipeline",
+    "KandinskyInpaintCombinedPipeline",
+)
+_export("pipelines.prior", "KandinskyPriorPipelineOutput")
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 
 _SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata"}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sfumato.demo import architecture, generation_defaults, train
+from sfumato.schedulers import DDPMScheduler, schedules
 from sfumato.demo.data import all_captions, make_sample
 
 
@@ -170,6 +171,33 @@ def test_variance_term_trains_only_the_variance_channels():
     variance_term = total - torch.nn.functional.mse_loss(output[:, :4], noise)
     gradient = torch.autograd.grad(variance_term, output)[0]
     assert gradient[:, :4].abs().max() == 0 and gradient[:, 4:].abs().max() > 0
+
+
+def test_diffusion_loss_uses_the_schedulers_math():
+    loss = train.DiffusionLoss()
+    scheduler = DDPMScheduler(**architecture.decoder_scheduler_config())
+    generator = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(2, 6, 4, 8, 8, generator=generator).unbind(0)
+    output = torch.randn(6, 8, 8, 8, generator=generator)
+    timesteps = torch.tensor([0, 1, 2, 500, 998, 999])
+    # noising is the sampler's forward process, bit for bit
+    noisy = loss.noisy(clean, noise, timesteps)
+    assert torch.equal(noisy, scheduler.add_noise(clean, noise, timesteps))
+    # the bound's posterior is the shared one, over the sampler's own schedule
+    tables = schedules.posterior_tables(scheduler.betas.double(), scheduler.alphas_cumprod.double())
+    for field in ("variance", "log_variance", "original_coeff", "sample_coeff"):
+        assert torch.equal(getattr(loss.posterior, field), getattr(tables, field)), field
+    # the variance the channels learn is the one the learned_range sampler steps with
+    fraction = output[:, 4:]
+    for t in (1, 500, 999):
+        trained = schedules.learned_range_log_variance(fraction, scheduler.betas[t].double().log().float(),
+                                                       loss.posterior.log_variance[t].float())
+        torch.testing.assert_close(trained, scheduler._get_variance(t, predicted_variance=fraction),
+                                   rtol=1e-5, atol=1e-5)
+    # and the numbers the shipped model was trained with stay put
+    total, parts = loss(output, clean, noisy, noise, timesteps)
+    assert total.item() == pytest.approx(2.390430450439453, rel=1e-6)
+    assert parts == pytest.approx({"mse": 2.0617663860321045, "vlb": 0.3286639451980591}, rel=1e-6)
 
 
 def test_bad_arguments_name_what_is_wrong(tmp_path):

@@ -63,8 +63,8 @@ def test_loop_matches_hand_written_guided_loop():
     scheduler = ToyScheduler()
     latents = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     target = torch.full((1, 4, 3, 3), 0.5)
-    out = denoise(ToyPipeline(scheduler), latents, scheduler.timesteps, toy_model, guidance_scale=4.0,
-                  tensors={"target": target})
+    out = denoise(ToyPipeline(scheduler), latents=latents, timesteps=scheduler.timesteps, predict=toy_model,
+                  guidance_scale=4.0, guided=True, tensors={"target": target})
     torch.testing.assert_close(out, hand_loop(latents, scheduler.timesteps, 4.0, target), rtol=0, atol=1e-6)
 
 
@@ -76,7 +76,8 @@ def test_no_guidance_runs_single_batch():
         seen.append(x.shape[0])
         return x
 
-    denoise(ToyPipeline(scheduler), torch.zeros(3, 4, 2, 2), scheduler.timesteps, model, guidance_scale=1.0)
+    denoise(ToyPipeline(scheduler), latents=torch.zeros(3, 4, 2, 2), timesteps=scheduler.timesteps, predict=model,
+            guidance_scale=1.0, guided=False)
     assert seen == [3] * 5
 
 
@@ -88,7 +89,8 @@ def test_callback_sees_and_replaces_tensors():
         calls.append((i, int(t), sorted(tensors)))
         return {"latents": torch.zeros_like(tensors["latents"])}
 
-    out = denoise(ToyPipeline(scheduler), torch.ones(1, 4, 2, 2), scheduler.timesteps, lambda x, t, s: x,
+    out = denoise(ToyPipeline(scheduler), latents=torch.ones(1, 4, 2, 2), timesteps=scheduler.timesteps,
+                  predict=lambda x, t, s: x,
                   callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "target"],
                   tensors={"target": torch.ones(1)})
     assert calls == [(0, 200, ["latents", "target"]), (1, 100, ["latents", "target"]), (2, 0, ["latents", "target"])]
@@ -105,7 +107,8 @@ def test_after_step_hook_blends_each_step():
         latents[..., 0] = 7.0
         return latents
 
-    out = denoise(ToyPipeline(scheduler), torch.ones(1, 4, 2, 2), scheduler.timesteps, lambda x, t, s: x,
+    out = denoise(ToyPipeline(scheduler), latents=torch.ones(1, 4, 2, 2), timesteps=scheduler.timesteps,
+                  predict=lambda x, t, s: x,
                   after_step=keep_left_half)
     assert steps == [0, 1, 2, 3]
     assert torch.all(out[..., 0] == 7.0) and torch.all(out[..., 1] != 7.0)
@@ -128,14 +131,34 @@ def test_strength_picks_schedule_tail():
 
 def test_noise_latents_seeded_and_scaled():
     scheduler = ToyScheduler()
-    a = noise_latents((2, 4, 3, 3), scheduler, generator=torch.Generator().manual_seed(1))
+    a = noise_latents(shape=(2, 4, 3, 3), scheduler=scheduler, generator=torch.Generator().manual_seed(1))
     b = torch.randn((2, 4, 3, 3), generator=torch.Generator().manual_seed(1)) * 2.0
     assert torch.equal(a, b)
     given = torch.ones(2, 4, 3, 3)
-    assert torch.equal(noise_latents((2, 4, 3, 3), scheduler, latents=given), given * 2.0)
+    assert torch.equal(noise_latents(shape=(2, 4, 3, 3), scheduler=scheduler, latents=given), given * 2.0)
     try:
-        noise_latents((1, 4, 3, 3), scheduler, latents=given)
+        noise_latents(shape=(1, 4, 3, 3), scheduler=scheduler, latents=given)
     except ValueError as error:
         assert "latents has shape (2, 4, 3, 3)" in str(error)
     else:
         raise AssertionError("a wrong latents shape must be refused")
+
+
+def test_variance_channels_kept_only_for_schedulers_that_use_them():
+    """A learned-variance model's extra channels reach the scheduler only if it says it uses them."""
+    seen = []
+
+    class Recording(ToyScheduler):
+        def step(self, output, t, sample, generator=None):
+            seen.append(output.shape[1])
+            return super().step(output[:, :4], t, sample)
+
+    def model(x, t, tensors):
+        return torch.cat([x, x], dim=1)
+
+    for accepts, channels in ((False, 4), (True, 8)):
+        scheduler = Recording(steps=2)
+        scheduler.accepts_predicted_variance = accepts
+        seen.clear()
+        denoise(ToyPipeline(scheduler), latents=torch.ones(1, 4, 2, 2), timesteps=scheduler.timesteps, predict=model)
+        assert seen == [channels, channels]

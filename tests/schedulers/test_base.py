@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import diffusers
 import sfumato
 import sfumato.schedulers as ours
 from sfumato.checkpoint import CheckpointError
+from sfumato.schedulers.base import DEFAULTS_KEY
 
 from .parity import pair
 
@@ -154,6 +156,87 @@ def test_compatibles_match_diffusers(name):
 def test_compatibility_list_matches_diffusers():
     assert [(e.name, e.value) for e in ours.KarrasDiffusionSchedulers] == [
         (e.name, e.value) for e in diffusers.schedulers.KarrasDiffusionSchedulers]
+
+
+# -- the constructor ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_init_signature_matches_diffusers(name):
+    # from_config and the pipelines read the accepted fields and their defaults from this signature
+    def fields(cls):
+        return [(n, p.default, p.kind) for n, p in inspect.signature(cls.__init__).parameters.items()]
+
+    assert fields(getattr(ours, name)) == fields(getattr(diffusers, name))
+    assert list(getattr(ours, name)._init_parameters()) == list(getattr(ours, name).config_fields)
+
+
+def test_positional_arguments_mean_what_they_mean_in_diffusers():
+    args = (500, 0.001, 0.03, "scaled_linear", None)
+    for name in SWAPPABLE:
+        assert public(getattr(ours, name)(*args).config) == public(getattr(diffusers, name)(*args).config)
+    # past the shared fields each class has its own order: DDIM's sixth is clip_sample, DDPM's variance_type
+    for name, sixth in (("DDIMScheduler", False), ("DDPMScheduler", "fixed_large")):
+        assert public(getattr(ours, name)(*args, sixth).config) == public(getattr(diffusers, name)(*args, sixth).config)
+    assert public(ours.UnCLIPScheduler(10, "learned_range").config) == \
+        public(diffusers.UnCLIPScheduler(10, "learned_range").config)
+    with pytest.raises(TypeError):
+        ours.DDIMScheduler(num_train_timesteps=10, not_a_field=1)
+    with pytest.raises(TypeError):
+        ours.DDIMScheduler(10, num_train_timesteps=10)
+
+
+def test_fields_left_at_their_defaults_are_recorded():
+    scheduler = ours.DDPMScheduler(500, beta_end=0.03)
+    defaulted = scheduler.config[DEFAULTS_KEY]
+    assert "num_train_timesteps" not in defaulted and "beta_end" not in defaulted
+    assert set(defaulted) == set(ours.DDPMScheduler.config_fields) - {"num_train_timesteps", "beta_end"}
+    assert DEFAULTS_KEY not in json.loads(scheduler.to_json_string())
+
+
+# -- what the denoising loop asks of every scheduler --------------------------------------------
+
+
+def _short_loop(scheduler, steps=4, **step_kwargs):
+    sample = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        output = 0.1 * scheduler.scale_model_input(sample, t)
+        sample = scheduler.step(output, t, sample, **step_kwargs).prev_sample
+    return sample
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [(name, {}) for name in ALL] + [("PNDMScheduler", {"skip_prk_steps": True})],
+)
+def test_every_step_takes_a_generator(name, config):
+    # the loop passes generator= to any scheduler, with no signature reflection
+    assert "generator" in inspect.signature(getattr(ours, name).step).parameters
+    seeded = _short_loop(getattr(ours, name)(**config), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(seeded).all()
+    if name in ("PNDMScheduler", "LMSDiscreteScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
+                "DPMSolverMultistepScheduler"):  # these draw no noise here: the generator changes nothing
+        torch.testing.assert_close(seeded, _short_loop(getattr(ours, name)(**config)), rtol=0, atol=0)
+
+
+def test_accepts_predicted_variance_follows_the_schedulers_own_variance_type():
+    learned = ours.DDPMScheduler(variance_type="learned_range")
+    assert learned.accepts_predicted_variance
+    assert ours.DDPMScheduler(variance_type="learned").accepts_predicted_variance
+    assert ours.UnCLIPScheduler(variance_type="learned_range").accepts_predicted_variance
+    for fixed in ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"):
+        assert not ours.DDPMScheduler(variance_type=fixed).accepts_predicted_variance
+    assert not ours.UnCLIPScheduler().accepts_predicted_variance
+    for name in SWAPPABLE:
+        if name != "DDPMScheduler":
+            # from_config carries variance_type along (a hidden field, or DPM-Solver's own): still no
+            swapped = getattr(ours, name).from_config(learned.config)
+            assert swapped.config.variance_type == "learned_range"
+            assert not swapped.accepts_predicted_variance, name
+            assert not getattr(ours, name)().accepts_predicted_variance, name
+    assert ours.DDPMScheduler.from_config(ours.DDIMScheduler.from_config(learned.config).config) \
+        .accepts_predicted_variance
 
 
 # -- the noise and input scaling that pipelines use ---------------------------------------------

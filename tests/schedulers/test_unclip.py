@@ -59,3 +59,46 @@ def test_unsupported_options_are_rejected(config, argument):
 def test_a_single_step_is_rejected():
     with pytest.raises(ValueError, match="between 2 and"):
         UnCLIPScheduler().set_timesteps(1)
+
+
+def _prior_loop(scheduler, steps, pass_prev: bool, out_channels=None, shape=EMBEDDINGS):
+    """The Kandinsky prior loop: with ``pass_prev`` it hands over the next timestep as the reference does."""
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(shape, generator=generator)
+    timesteps = scheduler.timesteps
+    samples = []
+    for i, t in enumerate(timesteps):
+        output = torch.tanh(sample) if out_channels is None else torch.cat([torch.tanh(sample), 0.5 * sample.cos()], 1)
+        kwargs = {"prev_timestep": timesteps[i + 1] if i + 1 < len(timesteps) else None} if pass_prev else {}
+        sample = scheduler.step(output, t, sample, generator=generator, **kwargs).prev_sample
+        samples.append(sample)
+    return samples
+
+
+@pytest.mark.parametrize(
+    ("config", "steps", "shape", "out_channels"),
+    [(dict(), 25, EMBEDDINGS, None), (dict(prediction_type="sample", clip_sample_range=10.0), 7, EMBEDDINGS, None),
+     (dict(variance_type="learned_range"), 5, (2, 4, 3, 3), 8)],
+)
+def test_previous_timestep_comes_from_the_schedule(config, steps, shape, out_channels):
+    # a loop that passes nothing gets, bit for bit, what the reference's prior pipelines get by passing it
+    derived = _prior_loop(UnCLIPScheduler(**config), steps, False, out_channels, shape)
+    passed = _prior_loop(UnCLIPScheduler(**config), steps, True, out_channels, shape)
+    for got, expected in zip(derived, passed):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_previous_timestep_rules():
+    scheduler = UnCLIPScheduler()
+    assert scheduler.previous_timestep(500) == 499  # before set_timesteps: a step of one
+    scheduler.set_timesteps(3)
+    assert [int(scheduler.previous_timestep(t)) for t in scheduler.timesteps] == [500, 0, -1]
+    assert scheduler.previous_timestep(700) == 699  # not in the schedule: a step of one
+    # an explicit prev_timestep still wins
+    sample = torch.randn(EMBEDDINGS, generator=torch.Generator().manual_seed(1))
+    output = torch.tanh(sample)
+    explicit = scheduler.step(output, 999, sample, prev_timestep=998, generator=torch.Generator().manual_seed(2))
+    fresh = UnCLIPScheduler()  # no schedule: 999 -> 998 too
+    expected = fresh.step(output, 999, sample, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(explicit.prev_sample, expected.prev_sample, rtol=0, atol=0)

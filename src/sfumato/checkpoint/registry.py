@@ -9,10 +9,22 @@ from .errors import CheckpointError
 # libraries whose classes we provide ourselves, under the same names
 _OWN_LIBRARIES = {"diffusers", "sfumato"}
 
+# classes the reference keeps inside one of its pipeline packages rather than at its top level; its
+# model_index.json names that package as the library (``["kandinsky", "MultilingualCLIP"]``)
+_REFERENCE_PACKAGES = {"MultilingualCLIP": "kandinsky"}
+
+
+def reference_library(class_name: str) -> str:
+    """The library a reference-layout ``model_index.json`` names for our class ``class_name``."""
+    return _REFERENCE_PACKAGES.get(class_name, "diffusers")
+
 
 def resolve_class(library: str | None, class_name: str, component: str = "component") -> type:
-    """``("diffusers", "VQModel")`` -> ``sfumato.VQModel``; ``("transformers", X)`` -> ``transformers.X``."""
-    if library in _OWN_LIBRARIES or library is None:
+    """``("diffusers", "VQModel")`` -> ``sfumato.VQModel``; ``("transformers", X)`` -> ``transformers.X``.
+
+    ``("kandinsky", "MultilingualCLIP")`` (the reference's pipeline package) -> ``sfumato.MultilingualCLIP``.
+    """
+    if library in _OWN_LIBRARIES or library is None or _REFERENCE_PACKAGES.get(class_name) == library:
         import sfumato
 
         if class_name not in sfumato._EXPORTS:

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schedulers import schedules
 from . import DEFAULTS_FILE, architecture
 from .data import all_captions, make_sample, split_seeds
 
@@ -562,7 +563,7 @@ def train_prior(context: Context) -> dict[str, Any]:
         caption = torch.where(torch.rand(batch, generator=generator) < GUIDANCE_DROPOUT, empty, caption)
         timesteps = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator)
         noise = torch.randn(target.shape, generator=generator)
-        noisy = _add_noise(alphas_cumprod, target, noise, timesteps)
+        noisy = schedules.add_noise(alphas_cumprod, target, noise, timesteps)
         predicted = prior(noisy, timestep=timesteps, proj_embedding=text_embeds[caption],
                           encoder_hidden_states=hidden_states[caption],
                           attention_mask=text_masks[caption]).predicted_image_embedding
@@ -570,13 +571,6 @@ def train_prior(context: Context) -> dict[str, Any]:
         return loss, {"loss": loss.item()}
 
     return train_loop("prior", context, {"prior": prior}, loss_fn, ema_model="prior")
-
-
-def _add_noise(alphas_cumprod: torch.Tensor, clean: torch.Tensor, noise: torch.Tensor,
-               timesteps: torch.Tensor) -> torch.Tensor:
-    shape = (-1,) + (1,) * (clean.ndim - 1)
-    alpha = alphas_cumprod[timesteps].view(shape)
-    return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
 
 
 # --------------------------------------------------------------------------- stages: the decoders
@@ -596,14 +590,10 @@ class DiffusionLoss:
         from ..schedulers import DDPMScheduler
 
         scheduler = DDPMScheduler(**architecture.decoder_scheduler_config())
+        # float64 tables: the bound subtracts nearly equal log-variances; each is cast to float32 where used
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         self.betas = scheduler.betas.double()
-        previous = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        self.posterior_variance = self.betas * (1 - previous) / (1 - self.alphas_cumprod)
-        # the variance is 0 at t = 0; its log is clipped there, as in Improved DDPM
-        self.posterior_log_variance = torch.log(torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
-        self.mean_from_clean = self.betas * previous.sqrt() / (1 - self.alphas_cumprod)
-        self.mean_from_noisy = (1 - previous) * (1 - self.betas).sqrt() / (1 - self.alphas_cumprod)
+        self.posterior = schedules.posterior_tables(self.betas, self.alphas_cumprod)
 
     @property
     def num_timesteps(self) -> int:
@@ -616,10 +606,12 @@ class DiffusionLoss:
         return timesteps, noise, self.noisy(clean, noise, timesteps)
 
     def noisy(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return _add_noise(self.alphas_cumprod.float(), clean, noise, timesteps)
+        # the scheduler's own float32 alpha_bar, as the samplers see it
+        return schedules.add_noise(self.alphas_cumprod.float(), clean, noise, timesteps)
 
     def __call__(self, output: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
                  timesteps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        posterior = self.posterior
         channels = clean.shape[1]
         predicted_noise, variance_fraction = output[:, :channels], output[:, channels:]
         mse = F.mse_loss(predicted_noise, noise)
@@ -628,12 +620,12 @@ class DiffusionLoss:
             return table[timesteps].float().view(-1, 1, 1, 1)
 
         alpha = at(self.alphas_cumprod)
-        clean_estimate = (noisy - (1 - alpha).sqrt() * predicted_noise.detach()) / alpha.sqrt()
-        true_mean = at(self.mean_from_clean) * clean + at(self.mean_from_noisy) * noisy
-        model_mean = at(self.mean_from_clean) * clean_estimate + at(self.mean_from_noisy) * noisy
-        true_log_variance = at(self.posterior_log_variance)
-        fraction = (variance_fraction + 1) / 2
-        model_log_variance = fraction * at(self.betas.log()) + (1 - fraction) * true_log_variance
+        clean_estimate = schedules.predicted_original("epsilon", predicted_noise.detach(), noisy, alpha, 1 - alpha)
+        true_mean = at(posterior.original_coeff) * clean + at(posterior.sample_coeff) * noisy
+        model_mean = at(posterior.original_coeff) * clean_estimate + at(posterior.sample_coeff) * noisy
+        true_log_variance = at(posterior.log_variance)
+        model_log_variance = schedules.learned_range_log_variance(variance_fraction, at(self.betas.log()),
+                                                                  true_log_variance)
         kl = 0.5 * (-1.0 + model_log_variance - true_log_variance + (true_log_variance - model_log_variance).exp()
                     + (true_mean - model_mean).square() * (-model_log_variance).exp())
         # nats -> bits per latent value; t = 0 (the decoder's likelihood term) is left out

@@ -33,6 +33,7 @@ from ..checkpoint import (
     split_hub_kwargs,
 )
 from ..checkpoint.config import FORMAT_VERSION
+from ..checkpoint.registry import reference_library
 from ..outputs import BaseOutput
 from . import offload
 
@@ -361,7 +362,7 @@ def _library_and_class(component: Any) -> tuple[str | None, str | None]:
     klass = type(component)
     # our classes stand for the reference's classes of the same name in the folder format
     if sfumato._EXPORTS.get(klass.__name__) == klass.__module__ or klass.__module__.startswith("sfumato."):
-        return ("diffusers", klass.__name__)
+        return (reference_library(klass.__name__), klass.__name__)
     return (klass.__module__.split(".")[0], klass.__name__)
 
 

@@ -14,6 +14,28 @@ def required(name: str, value: Any) -> Any:
     return value
 
 
+def prompts(name: str, value: Any) -> list[str]:
+    """A prompt or a non-empty list of prompts -> a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.80}")
+
+
+def negative_prompts(value: Any, count: int) -> list[str]:
+    """The negative prompts for ``count`` prompts: "" when none, one for all, or one per prompt."""
+    if value is None:
+        return [""] * count
+    negatives = prompts("negative_prompt", value)
+    if len(negatives) == 1:
+        return negatives * count
+    if len(negatives) != count:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries, but prompt has {count}; "
+                         f"pass one negative prompt or one per prompt")
+    return negatives
+
+
 def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -83,6 +105,11 @@ def embeds_pair(image_embeds: Any, negative_image_embeds: Any) -> tuple[torch.Te
     return embeds, negative
 
 
+def embeds_width(name: str, embeds: torch.Tensor, width: int | None) -> None:
+    if width is not None and embeds.shape[-1] != width:
+        raise ValueError(f"{name} has width {embeds.shape[-1]}, but this UNet takes image embeddings of width {width}")
+
+
 def batch_matches(name: str, got: int, batch: int) -> None:
     if got not in (1, batch):
         raise ValueError(
@@ -101,6 +128,22 @@ def hint(value: Any, batch: int, size: tuple[int, int]) -> torch.Tensor:
                          f"need {tuple(size)}")
     batch_matches("hint", value.shape[0], batch)
     return value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value
+
+
+def callback_names(pipeline: Any, names: Sequence[str] | None) -> list[str]:
+    """The tensor names a ``callback_on_step_end`` asks for; each must be one the pipeline offers."""
+    allowed = getattr(pipeline, "_callback_tensor_inputs", ["latents"])
+    wrong = [n for n in (names or []) if n not in allowed]
+    if wrong:
+        raise ValueError(
+            f"callback_on_step_end_tensor_inputs has {wrong}, but {type(pipeline).__name__} offers {allowed}"
+        )
+    return list(names or ["latents"])
+
+
+def callable_or_none(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a function or None, got {type(value).__name__}")
 
 
 def merge_legacy_callback(callback_on_step_end: Callable | None, callback: Callable | None, callback_steps: int,

@@ -1,15 +1,13 @@
-"""The one denoising loop, and the starting latents it runs from.
+"""The one denoising loop, and the schedule arithmetic around it.
 
-Every pipeline is ``condition -> starting latents -> denoise -> decode``.
-Text-to-image starts from noise; image-to-image and inpainting start from a
-noised image, at a step chosen by ``strength``; inpainting also blends the
-known region back after each step. Those differences are arguments here, so
-the loop itself is written once.
+Every pipeline is ``condition -> starting latents -> denoise -> decode``; this
+module is the third step. It knows nothing of models or tasks: it gets a
+``predict`` function (the family's model call), the named tensors that
+function reads, and an optional ``after_step`` (inpainting's blending).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -17,7 +15,6 @@ import torch
 from ..random import randn_tensor
 
 Predict = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Tensor]
-Combine = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 AfterStep = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
@@ -26,8 +23,7 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
     return uncond + scale * (cond - uncond)
 
 
-def guide(output: torch.Tensor, scale: float, latent_channels: int,
-          combine: Combine = classifier_free_guidance) -> torch.Tensor:
+def guide(output: torch.Tensor, scale: float, latent_channels: int) -> torch.Tensor:
     """Combine a ``[uncond; cond]`` batch of model outputs into one guided prediction.
 
     Models that also predict their variance (Kandinsky's 8-channel UNets) get
@@ -35,13 +31,9 @@ def guide(output: torch.Tensor, scale: float, latent_channels: int,
     """
     uncond, cond = output.chunk(2)
     if output.shape[1] > latent_channels:
-        guided = combine(uncond[:, :latent_channels], cond[:, :latent_channels], scale)
+        guided = classifier_free_guidance(uncond[:, :latent_channels], cond[:, :latent_channels], scale)
         return torch.cat([guided, cond[:, latent_channels:]], dim=1)
-    return combine(uncond, cond, scale)
-
-
-def learns_variance(scheduler: Any) -> bool:
-    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    return classifier_free_guidance(uncond, cond, scale)
 
 
 def timesteps_for_strength(scheduler: Any, num_inference_steps: int, strength: float) -> torch.Tensor:
@@ -57,7 +49,7 @@ def timesteps_for_strength(scheduler: Any, num_inference_steps: int, strength: f
     return scheduler.timesteps[start:]
 
 
-def noise_latents(shape: Sequence[int], scheduler: Any, generator=None, device=None, dtype=None,
+def noise_latents(*, shape: Sequence[int], scheduler: Any, generator=None, device=None, dtype=None,
                   latents: torch.Tensor | None = None) -> torch.Tensor:
     """Starting latents for text-to-image: seeded noise (or the caller's), at the scheduler's first sigma."""
     if latents is None:
@@ -69,62 +61,61 @@ def noise_latents(shape: Sequence[int], scheduler: Any, generator=None, device=N
     return latents * scheduler.init_noise_sigma
 
 
-def noised_image_latents(image_latents: torch.Tensor, scheduler: Any, first_timestep: torch.Tensor,
-                         generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Starting latents for image-to-image: the image's latents noised to ``first_timestep``."""
+def noised_latents(*, clean: torch.Tensor, scheduler: Any, timestep: torch.Tensor, generator=None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``clean`` latents (a picture's, an embedding) noised to ``timestep``, as image-to-image starts."""
     if noise is None:
-        noise = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
-                             dtype=image_latents.dtype)
-    timesteps = first_timestep.reshape(1).repeat(image_latents.shape[0])
-    return scheduler.add_noise(image_latents, noise, timesteps)
+        noise = randn_tensor(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    return scheduler.add_noise(clean, noise, timestep.reshape(1).repeat(clean.shape[0]))
+
+
+def keeps_predicted_variance(scheduler: Any) -> bool:
+    """Whether the scheduler uses a model's predicted-variance channels.
+
+    Asked of the scheduler's own ability, not of a ``variance_type`` key its
+    config may have inherited from another scheduler (``from_config`` carries
+    it along), so any scheduler can be swapped into a learned-variance UNet.
+    """
+    return bool(getattr(scheduler, "accepts_predicted_variance", False))
 
 
 def denoise(
     pipeline: Any,
+    *,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
     predict: Predict,
     guidance_scale: float = 1.0,
-    do_guidance: bool | None = None,
-    combine: Combine = classifier_free_guidance,
+    guided: bool = False,
+    tensors: Mapping[str, Any] | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     after_step: AfterStep | None = None,
     callback_on_step_end: Callable | None = None,
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-    tensors: dict[str, Any] | None = None,
-    step_kwargs: Callable[[int, torch.Tensor], Mapping[str, Any]] | None = None,
 ) -> torch.Tensor:
-    """Run the scheduler from ``latents`` over ``timesteps`` and return the final latents.
+    """Run ``pipeline.scheduler`` from ``latents`` over ``timesteps`` and return the final latents.
 
-    ``predict(model_input, t, tensors)`` runs the model; with guidance on it gets the
-    latents twice (unconditional half first) and must condition them the same way.
-    ``after_step(latents, i, t)`` may rewrite the latents after each scheduler step
-    (inpainting puts the known region back). ``callback_on_step_end(pipeline, i, t,
-    {name: tensor})`` sees the named ``tensors`` (always including ``latents``) and may
-    return replacements for them. ``step_kwargs(i, t)`` gives extra scheduler.step
-    arguments (the UnCLIP scheduler wants ``prev_timestep``).
+    ``predict(model_input, t, tensors)`` runs the model; with ``guided`` it gets the
+    latents twice (unconditional half first) and the ``tensors`` it reads are
+    doubled the same way. ``after_step(latents, i, t)`` may rewrite the latents
+    after each scheduler step (inpainting puts the known region back).
+    ``callback_on_step_end(pipeline, i, t, {name: tensor})`` sees the named
+    ``tensors`` (``latents`` included) and may return replacements for them.
     """
     scheduler = pipeline.scheduler
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters  # PNDM and LMS draw no noise
-    if do_guidance is None:
-        do_guidance = guidance_scale > 1.0
-    tensors = dict(tensors or {})
-    tensors["latents"] = latents
+    tensors = {**(tensors or {}), "latents": latents}
     latent_channels = latents.shape[1]
+    keep_variance = keeps_predicted_variance(scheduler)
     pipeline._num_timesteps = len(timesteps)
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         latents = tensors["latents"]
-        model_input = torch.cat([latents] * 2) if do_guidance else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        output = predict(model_input, t, tensors)
-        if do_guidance:
-            output = guide(output, guidance_scale, latent_channels, combine)
-        if output.shape[1] > latent_channels and not learns_variance(scheduler):
+        model_input = torch.cat([latents] * 2) if guided else latents
+        output = predict(scheduler.scale_model_input(model_input, t), t, tensors)
+        if guided:
+            output = guide(output, guidance_scale, latent_channels)
+        if output.shape[1] > latent_channels and not keep_variance:
             output = output[:, :latent_channels]
-        extra = dict(step_kwargs(i, t)) if step_kwargs else {}
-        if takes_generator:
-            extra["generator"] = generator
-        latents = scheduler.step(output, t, latents, **extra).prev_sample
+        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
         if after_step is not None:
             latents = after_step(latents, i, t)
         tensors["latents"] = latents
@@ -133,12 +124,3 @@ def denoise(
             updates = callback_on_step_end(pipeline, i, t, visible) or {}
             tensors.update({k: v for k, v in updates.items() if k in tensors})
     return tensors["latents"]
-
-
-def check_callback_inputs(pipeline: Any, names: Sequence[str] | None) -> None:
-    allowed = getattr(pipeline, "_callback_tensor_inputs", ["latents"])
-    wrong = [n for n in (names or []) if n not in allowed]
-    if wrong:
-        raise ValueError(
-            f"callback_on_step_end_tensor_inputs has {wrong}, but {type(pipeline).__name__} offers {allowed}"
-        )

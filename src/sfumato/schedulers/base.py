@@ -1,7 +1,9 @@
 """What every scheduler shares: config handling, outputs, and the two ways of indexing noise.
 
 ``SchedulerMixin`` gives loading, saving and swapping (``X.from_config(y.config)``)
-with the diffusers ``scheduler_config.json`` format.
+with the diffusers ``scheduler_config.json`` format, and the constructor: a
+scheduler declares its config fields (``config_fields``, names and defaults as
+in diffusers) and builds its state from ``self.config`` in ``_setup``.
 
 ``DiscreteTimeScheduler`` holds the training noise schedule (``betas`` ->
 ``alphas_cumprod``) and is the base of the schedulers that step between
@@ -15,18 +17,17 @@ ancestral, LMS; DPM-Solver uses the counter and sigmas but not the scaling).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import json
 import logging
 import os
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..checkpoint import ConfigMixin, read_json, resolve_folder, split_hub_kwargs
-from ..checkpoint import register_to_config as _register_fields
 from ..outputs import BaseOutput
 from . import schedules
 
@@ -78,19 +79,43 @@ class DenoisingSchedulerOutput(SchedulerOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-def register_to_config(init):
-    """Record ``__init__``'s arguments as the config, noting which ones were left at their defaults."""
-    recording_init = _register_fields(init)
-    names = [name for name in inspect.signature(init).parameters if name != "self"]
+# Config fields several schedulers share, in the order they appear in diffusers' signatures.
+#: The training noise schedule: the first fields of every scheduler but UnCLIP (whose schedule is fixed).
+TRAINING_SCHEDULE_FIELDS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                trained_betas=None)
+#: How x0 predictions are kept in range: dynamic thresholding (Imagen) when on, else clipping to the range.
+THRESHOLDING_FIELDS = dict(thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0,
+                           sample_max_value=1.0)
+#: Alternatives to the interpolated training sigmas; at most one may be on.
+SIGMA_RAMP_FIELDS = dict(use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
 
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        given = set(names[: len(args)]) | set(kwargs)
-        recording_init(self, *args, **kwargs)
-        self.register_to_config(**{DEFAULTS_KEY: [name for name in names if name not in given]})
 
-    wrapper.__signature__ = inspect.signature(init)
-    return wrapper
+def _config_init(cls) -> Callable[..., None]:
+    """An ``__init__`` whose signature is ``cls.config_fields``: it records them as the config, then ``_setup``s.
+
+    The signature is a real one (positional arguments in diffusers' order
+    included) because ``from_config`` and pipelines read the accepted fields
+    and their defaults from ``inspect.signature(cls.__init__)``.
+    """
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter("self", positional)]
+        + [inspect.Parameter(name, positional, default=default) for name, default in cls.config_fields.items()]
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        given = set(bound.arguments)
+        bound.apply_defaults()
+        config = {name: value for name, value in bound.arguments.items() if name != "self"}
+        self.register_to_config(**config, **{DEFAULTS_KEY: [name for name in config if name not in given]})
+        self._setup()
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__doc__ = f"A {cls.__name__} with these config fields; those not given take their defaults."
+    return __init__
 
 
 class SchedulerMixin(ConfigMixin):
@@ -100,6 +125,21 @@ class SchedulerMixin(ConfigMixin):
     _compatibles: list[str] = []
     has_compatibles = True
     order = 1  # model evaluations per step as the pipelines count them
+    #: The fields ``__init__`` takes and their defaults, in diffusers' order (so positional arguments agree).
+    config_fields: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_fields" in vars(cls) and "__init__" not in vars(cls):
+            cls.__init__ = _config_init(cls)
+
+    def _setup(self) -> None:
+        """Build the scheduler's state from ``self.config``; each class adds its own part after ``super()``'s."""
+
+    @property
+    def accepts_predicted_variance(self) -> bool:
+        """Whether ``step`` uses a model's extra predicted-variance channels (else the caller drops them)."""
+        return False
 
     @classmethod
     def from_config(cls, config: dict | None = None, return_unused_kwargs: bool = False, **overrides: Any):
@@ -181,6 +221,29 @@ class DiscreteTimeScheduler(SchedulerMixin):
     """A scheduler over the ``num_train_timesteps`` noise levels of a discrete-time model."""
 
     init_noise_sigma = 1.0
+    #: The ``prediction_type`` values ``step`` understands.
+    prediction_types: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+    #: Other config fields limited to a few values: checked on construction, so mistakes fail early.
+    config_choices: dict[str, tuple] = {}
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._check_config()
+        config = self.config
+        # UnCLIP has no beta range fields: make_betas' defaults stand in for those a class lacks
+        given = {name: config[name] for name in ("beta_start", "beta_end", "trained_betas") if name in config}
+        betas = schedules.make_betas(config.beta_schedule, config.num_train_timesteps, **given,
+                                     owner=type(self).__name__)
+        self._set_noise_schedule(betas, config.get("rescale_betas_zero_snr", False))
+        self.num_inference_steps = None
+
+    def _check_config(self) -> None:
+        config, owner = self.config, type(self).__name__
+        schedules.check_choice("prediction_type", config.prediction_type, self.prediction_types, owner)
+        if "timestep_spacing" in self.config_fields:
+            schedules.check_choice("timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS, owner)
+        for argument, allowed in self.config_choices.items():
+            schedules.check_choice(argument, config[argument], allowed, owner)
 
     def _set_noise_schedule(self, betas: torch.Tensor, rescale_betas_zero_snr: bool = False) -> None:
         if rescale_betas_zero_snr:
@@ -189,42 +252,32 @@ class DiscreteTimeScheduler(SchedulerMixin):
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
 
-    def _check_common(self, owner: str, prediction_types, **choices) -> None:
-        config = self.config
-        schedules.check_choice("prediction_type", config.prediction_type, prediction_types, owner)
-        if "timestep_spacing" in self._init_parameters():
-            schedules.check_choice("timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS, owner)
-        for argument, allowed in choices.items():
-            schedules.check_choice(argument, config[argument], allowed, owner)
+    def _require_timesteps(self) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}.step: call set_timesteps(num_inference_steps) first")
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The model sees the sample as it is (only sigma-parameterised schedulers rescale it)."""
         return sample
 
-    def _signal_and_noise_scales(self, timesteps: torch.Tensor, like: torch.Tensor):
-        alphas_cumprod = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
-        alpha_prod = alphas_cumprod[timesteps.to(like.device)]
-        return (schedules.broadcast_to_sample(alpha_prod**0.5, like),
-                schedules.broadcast_to_sample((1 - alpha_prod) ** 0.5, like))
+    def _alphas_cumprod_like(self, like: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process: ``sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise``, one t per batch item."""
-        signal, noise_scale = self._signal_and_noise_scales(timesteps, original_samples)
-        return signal * original_samples + noise_scale * noise
+        return schedules.add_noise(self._alphas_cumprod_like(original_samples), original_samples, noise,
+                                   timesteps.to(original_samples.device))
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target ``sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * x0``."""
-        signal, noise_scale = self._signal_and_noise_scales(timesteps, sample)
+        signal, noise_scale = schedules.noise_scales(self._alphas_cumprod_like(sample), timesteps.to(sample.device),
+                                                     sample)
         return signal * noise - noise_scale * sample
 
     def _predicted_original(self, model_output, sample, alpha_prod_t, beta_prod_t):
         """x0 as the model's output implies it, for the configured ``prediction_type``."""
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-        if kind == "sample":
-            return model_output
-        return (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output  # v_prediction
+        return schedules.predicted_original(self.config.prediction_type, model_output, sample, alpha_prod_t,
+                                            beta_prod_t)
 
     def _clip_or_threshold(self, pred_original_sample: torch.Tensor, thresholding: bool = False) -> torch.Tensor:
         """Dynamic thresholding when asked for, else clipping to ``clip_sample_range`` when ``clip_sample``."""
@@ -237,21 +290,6 @@ class DiscreteTimeScheduler(SchedulerMixin):
         return pred_original_sample
 
 
-def posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta_t=None):
-    """Variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7); ``beta_t`` defaults to the one the alphas imply."""
-    if beta_t is None:
-        beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-    return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * beta_t
-
-
-def posterior_mean(original, sample, alpha_prod_t, alpha_prod_t_prev, alpha_t, beta_t):
-    """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7) from the predicted x0 and the current sample."""
-    beta_prod_t = 1 - alpha_prod_t
-    original_coeff = (alpha_prod_t_prev ** (0.5) * beta_t) / beta_prod_t
-    sample_coeff = alpha_t ** (0.5) * (1 - alpha_prod_t_prev) / beta_prod_t
-    return original_coeff * original + sample_coeff * sample
-
-
 class SigmaScheduler(DiscreteTimeScheduler):
     """A scheduler that walks a ``sigmas`` array with a step counter (k-diffusion style).
 
@@ -261,9 +299,32 @@ class SigmaScheduler(DiscreteTimeScheduler):
     when a pipeline set one (image-to-image starts part way down).
     """
 
+    def _check_config(self) -> None:
+        schedules.check_sigma_ramp(self.config, type(self).__name__)
+        super()._check_config()
+
+    def _set_noise_schedule(self, betas: torch.Tensor, rescale_betas_zero_snr: bool = False) -> None:
+        super()._set_noise_schedule(betas, rescale_betas_zero_snr)
+        if rescale_betas_zero_snr:
+            self.alphas_cumprod = schedules.clamp_zero_terminal_snr(self.alphas_cumprod)
+
     def _reset_step_counter(self) -> None:
         self._step_index = None
         self._begin_index = None
+
+    def _inference_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """The training steps ``num_inference_steps`` visit under ``timestep_spacing`` (float32); records the count."""
+        config = self.config
+        self.num_inference_steps = schedules.check_num_inference_steps(
+            num_inference_steps, config.num_train_timesteps, type(self).__name__)
+        return schedules.spaced_timesteps(config.timestep_spacing, config.num_train_timesteps,
+                                          self.num_inference_steps, config.steps_offset).astype(np.float32)
+
+    def _set_sigma_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, device=None) -> None:
+        """Install a schedule: ``sigmas`` get a final 0 and stay on the host (read every step, no device sync)."""
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self._reset_step_counter()
 
     @property
     def step_index(self) -> int | None:
@@ -305,6 +366,13 @@ class SigmaScheduler(DiscreteTimeScheduler):
             f"{type(self).__name__}: timestep {float(timestep)} is not in scheduler.timesteps; pass one of "
             f"scheduler.timesteps (after set_timesteps)"
         )
+
+    def _start_step(self, timestep) -> None:
+        """What an Euler-type step checks first; on the first step, where the counter starts."""
+        self._reject_integer_timestep(timestep)
+        self._warn_if_unscaled()
+        if self.step_index is None:
+            self._init_step_index(timestep)
 
     def _init_step_index(self, timestep) -> None:
         if self.begin_index is None:
@@ -354,20 +422,7 @@ class SigmaScheduler(DiscreteTimeScheduler):
             )
 
 
-def denoised_from_sigma_prediction(prediction_type: str, model_output, sample, sigma, eps_sigma=None):
-    """x0 from a model that sees ``sample / sqrt(sigma**2 + 1)`` (k-diffusion's "denoised").
-
-    ``eps_sigma`` is the sigma the noise estimate is scaled by (Euler's churned
-    sigma-hat); it defaults to ``sigma``.
-    """
-    if prediction_type == "epsilon":
-        return sample - (sigma if eps_sigma is None else eps_sigma) * model_output
-    if prediction_type == "v_prediction":
-        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
-    return model_output  # "sample" / "original_sample"
-
-
 __all__ = [
     "DenoisingSchedulerOutput", "DiscreteTimeScheduler", "KarrasDiffusionSchedulers",
-    "SchedulerMixin", "SchedulerOutput", "SigmaScheduler", "register_to_config",
+    "SchedulerMixin", "SchedulerOutput", "SigmaScheduler",
 ]

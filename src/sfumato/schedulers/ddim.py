@@ -13,10 +13,10 @@ from ..random import randn_tensor
 from . import schedules
 from .base import (
     KARRAS_COMPATIBLE,
+    THRESHOLDING_FIELDS,
+    TRAINING_SCHEDULE_FIELDS,
     DenoisingSchedulerOutput,
     DiscreteTimeScheduler,
-    posterior_variance,
-    register_to_config,
 )
 
 
@@ -27,37 +27,17 @@ class DDIMSchedulerOutput(DenoisingSchedulerOutput):
 class DDIMScheduler(DiscreteTimeScheduler):
     """Denoising diffusion implicit models: few-step, deterministic sampling for DDPM-trained models."""
 
+    config_fields = dict(
+        **TRAINING_SCHEDULE_FIELDS, clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
+        **THRESHOLDING_FIELDS, timestep_spacing="leading", rescale_betas_zero_snr=False,
+    )
     _compatibles = KARRAS_COMPATIBLE
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        rescale_betas_zero_snr: bool = False,
-    ):
-        owner = type(self).__name__
-        self._check_common(owner, ("epsilon", "sample", "v_prediction"))
-        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner)
-        self._set_noise_schedule(betas, rescale_betas_zero_snr)
+    def _setup(self) -> None:
+        super()._setup()
         # alpha_bar after the last step: exactly clean (1.0), or that of step 0 as in the original code
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.timesteps = schedules.default_timesteps(num_train_timesteps)
+        self.final_alpha_cumprod = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+        self.timesteps = schedules.default_timesteps(self.config.num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         """Choose ``num_inference_steps`` training steps, spaced by ``timestep_spacing``."""
@@ -74,22 +54,13 @@ class DDIMScheduler(DiscreteTimeScheduler):
         return alpha_prod_t, alpha_prod_t_prev
 
     def _get_variance(self, timestep, prev_timestep):
-        return posterior_variance(*self._alpha_prods(timestep, prev_timestep))
+        return schedules.posterior_variance(*self._alpha_prods(timestep, prev_timestep))
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        use_clipped_model_output: bool = False,
-        generator: torch.Generator | None = None,
-        variance_noise: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> DDIMSchedulerOutput | tuple:
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
         """One DDIM step from ``timestep``; ``eta > 0`` adds noise (from ``generator`` or ``variance_noise``)."""
-        if self.num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}.step: call set_timesteps(num_inference_steps) first")
+        self._require_timesteps()
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError(f"{type(self).__name__}.step: pass generator or variance_noise, not both")
         # The step size is the same whatever the spacing: the reference's convention.

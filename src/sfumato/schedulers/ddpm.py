@@ -14,11 +14,10 @@ from ..random import randn_tensor
 from . import schedules
 from .base import (
     KARRAS_COMPATIBLE,
+    THRESHOLDING_FIELDS,
+    TRAINING_SCHEDULE_FIELDS,
     DenoisingSchedulerOutput,
     DiscreteTimeScheduler,
-    posterior_mean,
-    posterior_variance,
-    register_to_config,
 )
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -31,38 +30,23 @@ class DDPMSchedulerOutput(DenoisingSchedulerOutput):
 class DDPMScheduler(DiscreteTimeScheduler):
     """Denoising diffusion probabilistic models: the stochastic sampler the models were trained for."""
 
+    config_fields = dict(
+        **TRAINING_SCHEDULE_FIELDS, variance_type="fixed_small", clip_sample=True, prediction_type="epsilon",
+        **THRESHOLDING_FIELDS, timestep_spacing="leading", steps_offset=0, rescale_betas_zero_snr=False,
+    )
+    config_choices = {"variance_type": VARIANCE_TYPES}
     _compatibles = KARRAS_COMPATIBLE
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        variance_type: str = "fixed_small",
-        clip_sample: bool = True,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        clip_sample_range: float = 1.0,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        owner = type(self).__name__
-        self._check_common(owner, ("epsilon", "sample", "v_prediction"), variance_type=VARIANCE_TYPES)
-        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner)
-        self._set_noise_schedule(betas, rescale_betas_zero_snr)
+    def _setup(self) -> None:
+        super()._setup()
         self.one = torch.tensor(1.0)  # alpha_bar "before" the first step
-        self.init_noise_sigma = 1.0
         self.custom_timesteps = False
-        self.num_inference_steps = None
-        self.timesteps = schedules.default_timesteps(num_train_timesteps)
-        self.variance_type = variance_type
+        self.timesteps = schedules.default_timesteps(self.config.num_train_timesteps)
+        self.variance_type = self.config.variance_type
+
+    @property
+    def accepts_predicted_variance(self) -> bool:
+        return self.config.variance_type in schedules.LEARNED_VARIANCE_TYPES
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps: list[int] | None = None):
         """Choose the steps: ``num_inference_steps`` spaced by ``timestep_spacing``, or your own ``timesteps``."""
@@ -107,7 +91,7 @@ class DDPMScheduler(DiscreteTimeScheduler):
         """The noise variance of the step from ``t`` (for ``*_log`` and ``learned_range``: its log or std, see step)."""
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t, self.previous_timestep(t))
         beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        variance = torch.clamp(posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta_t), min=1e-20)
+        variance = torch.clamp(schedules.posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta_t), min=1e-20)
         variance_type = variance_type or self.config.variance_type
         if variance_type == "fixed_small_log":
             return torch.exp(0.5 * torch.log(variance))  # a standard deviation
@@ -118,31 +102,23 @@ class DDPMScheduler(DiscreteTimeScheduler):
         if variance_type == "learned":
             return predicted_variance
         if variance_type == "learned_range":
-            # the model interpolates in log space between the posterior variance and beta (Nichol & Dhariwal 2021)
-            fraction = (predicted_variance + 1) / 2
-            return fraction * torch.log(beta_t) + (1 - fraction) * torch.log(variance)
+            return schedules.learned_range_log_variance(predicted_variance, torch.log(beta_t), torch.log(variance))
         return variance  # fixed_small
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int,
-        sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ) -> DDPMSchedulerOutput | tuple:
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> DDPMSchedulerOutput | tuple:
         """One ancestral step from ``timestep`` to the previous one; noise is drawn from ``generator``."""
         t = timestep
         prev_t = self.previous_timestep(t)
         predicted_variance = None
-        if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ("learned", "learned_range"):
+        if model_output.shape[1] == sample.shape[1] * 2 and self.accepts_predicted_variance:
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
 
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t, prev_t)
         alpha_t = alpha_prod_t / alpha_prod_t_prev
         pred_original_sample = self._predicted_original(model_output, sample, alpha_prod_t, 1 - alpha_prod_t)
         pred_original_sample = self._clip_or_threshold(pred_original_sample, self.config.thresholding)
-        prev_sample = posterior_mean(pred_original_sample, sample, alpha_prod_t, alpha_prod_t_prev,
+        prev_sample = schedules.posterior_mean(pred_original_sample, sample, alpha_prod_t, alpha_prod_t_prev,
                                      alpha_t, 1 - alpha_t)
 
         if t > 0:  # the last step returns the mean itself

@@ -14,7 +14,7 @@ import torch
 
 from ..random import randn_tensor
 from . import schedules
-from .base import KARRAS_COMPATIBLE, SchedulerOutput, SigmaScheduler, register_to_config
+from .base import KARRAS_COMPATIBLE, SIGMA_RAMP_FIELDS, TRAINING_SCHEDULE_FIELDS, SchedulerOutput, SigmaScheduler
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -26,78 +26,54 @@ _SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 class DPMSolverMultistepScheduler(SigmaScheduler):
     """Fast high-order solver for diffusion ODEs/SDEs; 20-25 steps give good samples."""
 
-    _compatibles = KARRAS_COMPATIBLE
-    order = 1
-
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        solver_order: int = 2,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        algorithm_type: str = "dpmsolver++",
-        solver_type: str = "midpoint",
-        lower_order_final: bool = True,
-        euler_at_final: bool = False,
-        use_karras_sigmas: bool | None = False,
-        use_exponential_sigmas: bool | None = False,
-        use_beta_sigmas: bool | None = False,
-        use_lu_lambdas: bool | None = False,
-        use_flow_sigmas: bool | None = False,
-        flow_shift: float | None = 1.0,
-        final_sigmas_type: str | None = "zero",
-        lambda_min_clipped: float = -float("inf"),
-        variance_type: str | None = None,
-        timestep_spacing: str = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        use_dynamic_shifting: bool = False,
-        time_shift_type: str = "exponential",
-    ):
-        owner = type(self).__name__
-        schedules.check_sigma_ramp(self.config, owner)
-        if algorithm_type in _ALGORITHM_ALIASES:
-            algorithm_type = _ALGORITHM_ALIASES[algorithm_type]
-            self.register_to_config(algorithm_type=algorithm_type)
-        if solver_type in _SOLVER_ALIASES:
-            self.register_to_config(solver_type=_SOLVER_ALIASES[solver_type])
-        self._check_common(owner, ("epsilon", "sample", "v_prediction", "flow_prediction"),
-                           algorithm_type=ALGORITHM_TYPES, solver_type=SOLVER_TYPES,
-                           final_sigmas_type=("zero", "sigma_min"), solver_order=(1, 2, 3),
-                           time_shift_type=("exponential",))
-        # variance_type only matters when learned (the extra channels are dropped); DDPM's fixed_* values,
+    config_fields = dict(
+        **TRAINING_SCHEDULE_FIELDS, solver_order=2, prediction_type="epsilon", thresholding=False,
+        dynamic_thresholding_ratio=0.995, sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint",
+        lower_order_final=True, euler_at_final=False, **SIGMA_RAMP_FIELDS, use_lu_lambdas=False,
+        use_flow_sigmas=False, flow_shift=1.0, final_sigmas_type="zero", lambda_min_clipped=-float("inf"),
+        # only "learned" / "learned_range" matter (the extra channels are dropped); DDPM's fixed_* values,
         # which arrive when swapping from a DDPM config, mean "not learned" here, as in the reference
+        variance_type=None,
+        timestep_spacing="linspace", steps_offset=0, rescale_betas_zero_snr=False, use_dynamic_shifting=False,
+        time_shift_type="exponential",
+    )
+    prediction_types = ("epsilon", "sample", "v_prediction", "flow_prediction")
+    config_choices = {"algorithm_type": ALGORITHM_TYPES, "solver_type": SOLVER_TYPES,
+                      "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
+                      "time_shift_type": ("exponential",)}
+    _compatibles = KARRAS_COMPATIBLE
+
+    def _setup(self) -> None:
+        config = self.config
+        if config.algorithm_type in _ALGORITHM_ALIASES:
+            self.register_to_config(algorithm_type=_ALGORITHM_ALIASES[config.algorithm_type])
+        if config.solver_type in _SOLVER_ALIASES:
+            self.register_to_config(solver_type=_SOLVER_ALIASES[config.solver_type])
+        super()._setup()
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        train_steps = self.config.num_train_timesteps
+        timesteps = np.linspace(0, train_steps - 1, train_steps, dtype=np.float32)[::-1].copy()
+        self.timesteps = torch.from_numpy(timesteps)
+        self._reset_solver_state(self.config.solver_order)
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        owner = type(self).__name__
+        algorithm_type, solver_order = self.config.algorithm_type, self.config.solver_order
         if not algorithm_type.endswith("dpmsolver++"):
-            if final_sigmas_type == "zero":
+            if self.config.final_sigmas_type == "zero":
                 raise ValueError(f"{owner}: final_sigmas_type='zero' needs algorithm_type 'dpmsolver++' or "
                                  f"'sde-dpmsolver++' (noise predictions are undefined at sigma 0); got "
                                  f"algorithm_type={algorithm_type!r}: use final_sigmas_type='sigma_min'")
-            if prediction_type == "flow_prediction":
+            if self.config.prediction_type == "flow_prediction":
                 raise ValueError(f"{owner}: prediction_type='flow_prediction' needs algorithm_type 'dpmsolver++' "
                                  f"or 'sde-dpmsolver++', got {algorithm_type!r}")
         if algorithm_type == "sde-dpmsolver" and solver_order == 3:
             raise ValueError(f"{owner}: algorithm_type='sde-dpmsolver' has no third-order update; use "
                              f"solver_order 1 or 2, or algorithm_type='sde-dpmsolver++'")
-
-        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner)
-        self._set_noise_schedule(betas, rescale_betas_zero_snr)
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR means infinite sigma; keep it finite
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.num_inference_steps = None
-        timesteps = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy()
-        self.timesteps = torch.from_numpy(timesteps)
-        self._reset_solver_state(solver_order)
 
     def _reset_solver_state(self, solver_order: int) -> None:
         self.model_outputs = [None] * solver_order  # the converted outputs of the last steps, newest last
@@ -199,6 +175,18 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         alpha, sigma = self._sigma_to_alpha_sigma_t(self.sigmas[index])
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
+    def _step_ends(self):
+        """(alpha, sigma) where this step lands and where it starts, and its length ``h`` in log-SNR."""
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.step_index)
+        return alpha_t, sigma_t, alpha_s, sigma_s, lambda_t - lambda_s
+
+    def _past_step_length(self, back: int):
+        """The log-SNR length of the step taken ``back`` steps ago (what the multistep terms extrapolate over)."""
+        _, _, lambda_end = self._alpha_sigma_lambda(self.step_index - back + 1)
+        _, _, lambda_start = self._alpha_sigma_lambda(self.step_index - back)
+        return lambda_end - lambda_start
+
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
                              **kwargs) -> torch.Tensor:
         """What the solver integrates: x0 for the ``++`` algorithms, the noise for the others."""
@@ -242,9 +230,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
     def dpm_solver_first_order_update(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
                                       noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """One first-order step (DDIM in lambda-time) from the current sigma to the next."""
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.step_index)
-        h = lambda_t - lambda_s
+        alpha_t, sigma_t, alpha_s, sigma_s, h = self._step_ends()
         algorithm = self.config.algorithm_type
         if algorithm == "dpmsolver++":
             return (sigma_t / sigma_s) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * model_output
@@ -266,11 +252,9 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                                                   sample: torch.Tensor | None = None,
                                                   noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """A second-order step through the last two model outputs (eq. 3.9 / DPM-Solver++ alg. 2)."""
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
-        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
-        _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
+        alpha_t, sigma_t, alpha_s0, sigma_s0, h = self._step_ends()
+        h_0 = self._past_step_length(1)
         m0, m1 = model_output_list[-1], model_output_list[-2]
-        h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
         r0 = h_0 / h
         D0, D1 = m0, (1.0 / r0) * (m0 - m1)
         algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
@@ -302,12 +286,9 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                                                  sample: torch.Tensor | None = None,
                                                  noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """A third-order step through the last three model outputs."""
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.step_index + 1)
-        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.step_index)
-        _, _, lambda_s1 = self._alpha_sigma_lambda(self.step_index - 1)
-        _, _, lambda_s2 = self._alpha_sigma_lambda(self.step_index - 2)
+        alpha_t, sigma_t, alpha_s0, sigma_s0, h = self._step_ends()
+        h_0, h_1 = self._past_step_length(1), self._past_step_length(2)
         m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
-        h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
         r0, r1 = h_0 / h, h_1 / h
         D0 = m0
         D1_0, D1_1 = (1.0 / r0) * (m0 - m1), (1.0 / r1) * (m1 - m2)
@@ -336,18 +317,11 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             + sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)) * noise
         )
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | None = None,
-        variance_noise: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SchedulerOutput | tuple:
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
+             return_dict: bool = True) -> SchedulerOutput | tuple:
         """One multistep step; the order rises with the history and drops again near the end."""
-        if self.num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}.step: call set_timesteps(num_inference_steps) first")
+        self._require_timesteps()
         if self.step_index is None:
             self._init_step_index(timestep)
         config = self.config

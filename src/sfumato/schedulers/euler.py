@@ -12,13 +12,8 @@ import torch
 
 from ..random import randn_tensor
 from . import schedules
-from .base import (
-    KARRAS_COMPATIBLE,
-    DenoisingSchedulerOutput,
-    SigmaScheduler,
-    denoised_from_sigma_prediction,
-    register_to_config,
-)
+from .base import (KARRAS_COMPATIBLE, SIGMA_RAMP_FIELDS, TRAINING_SCHEDULE_FIELDS, DenoisingSchedulerOutput,
+                   SigmaScheduler)
 
 
 class EulerDiscreteSchedulerOutput(DenoisingSchedulerOutput):
@@ -40,51 +35,29 @@ def train_sigma_ramp(scheduler, in_sigmas: np.ndarray, num_steps: int, sigma_min
 class EulerDiscreteScheduler(SigmaScheduler):
     """The Euler sampler of k-diffusion for discrete-time (DDPM-trained) models."""
 
+    config_fields = dict(
+        **TRAINING_SCHEDULE_FIELDS, prediction_type="epsilon", interpolation_type="linear", **SIGMA_RAMP_FIELDS,
+        sigma_min=None, sigma_max=None, timestep_spacing="linspace", timestep_type="discrete", steps_offset=0,
+        rescale_betas_zero_snr=False, final_sigmas_type="zero",
+    )
+    prediction_types = ("epsilon", "v_prediction", "sample", "original_sample")
+    config_choices = {"interpolation_type": ("linear", "log_linear"), "timestep_type": ("discrete", "continuous"),
+                      "final_sigmas_type": ("zero", "sigma_min")}
     _compatibles = KARRAS_COMPATIBLE
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        prediction_type: str = "epsilon",
-        interpolation_type: str = "linear",
-        use_karras_sigmas: bool | None = False,
-        use_exponential_sigmas: bool | None = False,
-        use_beta_sigmas: bool | None = False,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
-        timestep_spacing: str = "linspace",
-        timestep_type: str = "discrete",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        final_sigmas_type: str = "zero",
-    ):
-        owner = type(self).__name__
-        schedules.check_sigma_ramp(self.config, owner)
-        self._check_common(owner, ("epsilon", "v_prediction", "sample", "original_sample"),
-                           interpolation_type=("linear", "log_linear"), timestep_type=("discrete", "continuous"),
-                           final_sigmas_type=("zero", "sigma_min"))
-        betas = schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner)
-        self._set_noise_schedule(betas, rescale_betas_zero_snr)
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR means infinite sigma; keep it finite
-
+    def _setup(self) -> None:
+        super()._setup()
+        config = self.config
         sigmas = torch.from_numpy(schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod)).flip(0)
-        self.num_inference_steps = None
         if self._continuous_timesteps:
             self.timesteps = 0.25 * sigmas.log()
         else:
-            self.timesteps = schedules.default_timesteps(num_train_timesteps, torch.float32)
+            self.timesteps = schedules.default_timesteps(config.num_train_timesteps, torch.float32)
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
         self.is_scale_input_called = False
-        self.use_karras_sigmas = use_karras_sigmas
-        self.use_exponential_sigmas = use_exponential_sigmas
-        self.use_beta_sigmas = use_beta_sigmas
+        self.use_karras_sigmas = config.use_karras_sigmas
+        self.use_exponential_sigmas = config.use_exponential_sigmas
+        self.use_beta_sigmas = config.use_beta_sigmas
         self._reset_step_counter()
 
     @property
@@ -158,23 +131,12 @@ class EulerDiscreteScheduler(SigmaScheduler):
             return ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
         return 0
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ) -> EulerDiscreteSchedulerOutput | tuple:
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | None = None,
+             return_dict: bool = True) -> EulerDiscreteSchedulerOutput | tuple:
         """One Euler step from the current sigma to the next; ``s_churn > 0`` first adds noise (Karras alg. 2)."""
-        self._reject_integer_timestep(timestep)
-        self._warn_if_unscaled()
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         sample = sample.to(torch.float32)  # upcast: the update subtracts nearly equal numbers
         sigma = self.sigmas[self.step_index]
 
@@ -185,7 +147,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
                                  generator=generator)
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
 
-        denoised = denoised_from_sigma_prediction(self.config.prediction_type, model_output, sample, sigma, sigma_hat)
+        denoised = schedules.denoised_from_sigma_prediction(self.config.prediction_type, model_output, sample, sigma,
+                                                            sigma_hat)
         derivative = (sample - denoised) / sigma_hat
         prev_sample = sample + derivative * (self.sigmas[self.step_index + 1] - sigma_hat)
         prev_sample = prev_sample.to(model_output.dtype)

@@ -13,13 +13,8 @@ import numpy as np
 import torch
 
 from . import schedules
-from .base import (
-    KARRAS_COMPATIBLE,
-    DenoisingSchedulerOutput,
-    SigmaScheduler,
-    denoised_from_sigma_prediction,
-    register_to_config,
-)
+from .base import (KARRAS_COMPATIBLE, SIGMA_RAMP_FIELDS, TRAINING_SCHEDULE_FIELDS, DenoisingSchedulerOutput,
+                   SigmaScheduler)
 from .euler import train_sigma_ramp
 
 # Gauss-Legendre with 4 nodes integrates polynomials up to degree 7 exactly;
@@ -34,41 +29,20 @@ class LMSDiscreteSchedulerOutput(DenoisingSchedulerOutput):
 class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep sampling for discrete-time (DDPM-trained) models."""
 
+    config_fields = dict(**TRAINING_SCHEDULE_FIELDS, **SIGMA_RAMP_FIELDS, prediction_type="epsilon",
+                         timestep_spacing="linspace", steps_offset=0)
+    prediction_types = ("epsilon", "v_prediction", "sample")
     _compatibles = KARRAS_COMPATIBLE
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        use_karras_sigmas: bool | None = False,
-        use_exponential_sigmas: bool | None = False,
-        use_beta_sigmas: bool | None = False,
-        prediction_type: str = "epsilon",
-        timestep_spacing: str = "linspace",
-        steps_offset: int = 0,
-    ):
-        owner = type(self).__name__
-        schedules.check_sigma_ramp(self.config, owner)
-        self._check_common(owner, ("epsilon", "v_prediction", "sample"))
-        self._set_noise_schedule(
-            schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner))
-        self.num_inference_steps = None
-        self.use_karras_sigmas = use_karras_sigmas
-        self.set_timesteps(num_train_timesteps)
+    def _setup(self) -> None:
+        super()._setup()
+        self.use_karras_sigmas = self.config.use_karras_sigmas
+        self.set_timesteps(self.config.num_train_timesteps)
         self.is_scale_input_called = False
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         """Choose ``num_inference_steps`` steps spaced by ``timestep_spacing`` (or a sigma ramp), with their sigmas."""
-        config = self.config
-        self.num_inference_steps = schedules.check_num_inference_steps(
-            num_inference_steps, config.num_train_timesteps, type(self).__name__)
-        timesteps = schedules.spaced_timesteps(config.timestep_spacing, config.num_train_timesteps,
-                                               self.num_inference_steps, config.steps_offset).astype(np.float32)
+        timesteps = self._inference_timesteps(num_inference_steps)
         train_sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod)
         sigmas = schedules.interpolate_sigmas(timesteps, train_sigmas)
         # LMS takes the ramp's ends from the interpolated sigmas only (no sigma_min / sigma_max fields)
@@ -76,10 +50,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         if ramp is not None:
             sigmas = ramp
             timesteps = schedules.sigma_to_timestep(sigmas, np.log(train_sigmas))
-        sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-        self.sigmas = torch.from_numpy(sigmas)  # kept on the host: read every step
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.float32)
-        self._reset_step_counter()
+        self._set_sigma_schedule(timesteps, sigmas, device)
         self.derivatives = []
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
@@ -98,22 +69,21 @@ class LMSDiscreteScheduler(SigmaScheduler):
         taus = start + half * (_GAUSS_NODES + 1)
         return float(half * np.sum(_GAUSS_WEIGHTS * basis(taus)))
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        order: int = 4,
-        return_dict: bool = True,
-    ) -> LMSDiscreteSchedulerOutput | tuple:
-        """One linear multistep step of up to ``order`` past slopes."""
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, order: int = 4,
+             return_dict: bool = True,
+             generator: torch.Generator | None = None) -> LMSDiscreteSchedulerOutput | tuple:
+        """One linear multistep step of up to ``order`` past slopes.
+
+        ``generator`` is accepted so every scheduler's ``step`` takes it; LMS
+        draws no noise. It comes last to keep diffusers' positional order.
+        """
         if not self.is_scale_input_called:
             warnings.warn("LMSDiscreteScheduler.step was called before scale_model_input; call "
                           "scale_model_input(sample, t) on the model input first, or the denoising is wrong")
         if self.step_index is None:
             self._init_step_index(timestep)
         sigma = self.sigmas[self.step_index]
-        denoised = denoised_from_sigma_prediction(self.config.prediction_type, model_output, sample, sigma)
+        denoised = schedules.denoised_from_sigma_prediction(self.config.prediction_type, model_output, sample, sigma)
 
         self.derivatives.append((sample - denoised) / sigma)
         if len(self.derivatives) > order:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import schedules
-from .base import KARRAS_COMPATIBLE, DiscreteTimeScheduler, SchedulerOutput, register_to_config
+from .base import KARRAS_COMPATIBLE, TRAINING_SCHEDULE_FIELDS, DiscreteTimeScheduler, SchedulerOutput
 
 # Runge-Kutta 4 weights of the four model calls of one PRK step
 _RK4_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
@@ -25,32 +25,16 @@ _RK4_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
 class PNDMScheduler(DiscreteTimeScheduler):
     """Pseudo numerical methods for diffusion models (PRK warm-up + PLMS), as in Stable Diffusion 1.x."""
 
+    config_fields = dict(**TRAINING_SCHEDULE_FIELDS, skip_prk_steps=False, set_alpha_to_one=False,
+                         prediction_type="epsilon", timestep_spacing="leading", steps_offset=0)
+    prediction_types = ("epsilon", "v_prediction")
     _compatibles = KARRAS_COMPATIBLE
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas=None,
-        skip_prk_steps: bool = False,
-        set_alpha_to_one: bool = False,
-        prediction_type: str = "epsilon",
-        timestep_spacing: str = "leading",
-        steps_offset: int = 0,
-    ):
-        owner = type(self).__name__
-        self._check_common(owner, ("epsilon", "v_prediction"))
-        self._set_noise_schedule(
-            schedules.make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, owner))
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
+    def _setup(self) -> None:
+        super()._setup()
+        self.final_alpha_cumprod = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
         self.pndm_order = 4  # PLMS combines up to this many noise estimates
-        self.num_inference_steps = None
-        self._timesteps = np.arange(0, num_train_timesteps)[::-1].copy()
+        self._timesteps = np.arange(0, self.config.num_train_timesteps)[::-1].copy()
         self.prk_timesteps = None
         self.plms_timesteps = None
         self.timesteps = None
@@ -86,16 +70,16 @@ class PNDMScheduler(DiscreteTimeScheduler):
         self.timesteps = torch.from_numpy(timesteps).to(device)
         self._reset_history()
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             return_dict: bool = True) -> SchedulerOutput | tuple:
-        """One model call's worth of progress: a PRK stage during warm-up, a PLMS step after."""
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, return_dict: bool = True,
+             generator: torch.Generator | None = None) -> SchedulerOutput | tuple:
+        """One model call's worth of progress: a PRK stage during warm-up, a PLMS step after.
+
+        ``generator`` is accepted so every scheduler's ``step`` takes it; PNDM
+        draws no noise. It comes last to keep diffusers' positional order.
+        """
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
             return self.step_prk(model_output=model_output, timestep=timestep, sample=sample, return_dict=return_dict)
         return self.step_plms(model_output=model_output, timestep=timestep, sample=sample, return_dict=return_dict)
-
-    def _require_timesteps(self) -> None:
-        if self.num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}.step: call set_timesteps(num_inference_steps) first")
 
     def step_prk(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
                  return_dict: bool = True) -> SchedulerOutput | tuple:

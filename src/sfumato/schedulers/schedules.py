@@ -7,6 +7,8 @@ back:
 - ``betas`` -> ``alphas_cumprod`` (how much signal is left at each training step),
 - ``alphas_cumprod`` -> ``sigmas`` (noise-to-signal ratio, the k-diffusion view),
 - which training steps an inference run visits (``timestep_spacing``),
+- the forward process and the posterior q(x_{t-1} | x_t, x_0), for the
+  samplers and for training losses alike,
 - sigma ramps (Karras, exponential, beta, Lu) and the way back from a sigma
   to a fractional training step.
 
@@ -17,6 +19,7 @@ compared with diffusers to 1e-5.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Sequence
@@ -113,6 +116,112 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alphas_cumprod = root**2
     alphas = torch.cat([alphas_cumprod[0:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
     return 1 - alphas
+
+
+# The alpha_bar the sigma-based schedulers give the last step of a zero-terminal-SNR schedule: there
+# alpha_bar is 0 and sigma infinite, so they keep it finite (sigma ~ 4096), as the reference does.
+ZERO_SNR_ALPHA_CUMPROD = 2**-24
+
+
+def clamp_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``alphas_cumprod`` with its last value raised to ``ZERO_SNR_ALPHA_CUMPROD`` (a finite last sigma)."""
+    clamped = alphas_cumprod.clone()
+    clamped[-1] = ZERO_SNR_ALPHA_CUMPROD
+    return clamped
+
+
+# ---------------------------------------------------------------------------
+# the forward process q(x_t | x_0) and its posterior q(x_{t-1} | x_t, x_0) (Ho et al. 2020)
+
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+def noise_scales(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor):
+    """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` per batch item, shaped to multiply ``like``.
+
+    The arithmetic runs in ``alphas_cumprod``'s dtype and device: the caller chooses them.
+    """
+    alpha_prod = alphas_cumprod[timesteps]
+    return broadcast_to_sample(alpha_prod**0.5, like), broadcast_to_sample((1 - alpha_prod) ** 0.5, like)
+
+
+def add_noise(alphas_cumprod: torch.Tensor, original: torch.Tensor, noise: torch.Tensor,
+              timesteps: torch.Tensor) -> torch.Tensor:
+    """The forward process: ``sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise``, one t per batch item."""
+    signal, noise_scale = noise_scales(alphas_cumprod, timesteps, original)
+    return signal * original + noise_scale * noise
+
+
+def predicted_original(prediction_type: str, model_output, sample, alpha_prod_t, beta_prod_t):
+    """x0 as a model's output implies it, for an ``epsilon``, ``sample`` or ``v_prediction`` model."""
+    if prediction_type == "epsilon":
+        return (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+    if prediction_type == "sample":
+        return model_output
+    return (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output  # v_prediction
+
+
+def denoised_from_sigma_prediction(prediction_type: str, model_output, sample, sigma, eps_sigma=None):
+    """x0 from a model that sees ``sample / sqrt(sigma**2 + 1)`` (k-diffusion's "denoised").
+
+    ``eps_sigma`` is the sigma the noise estimate is scaled by (Euler's churned
+    sigma-hat); it defaults to ``sigma``.
+    """
+    if prediction_type == "epsilon":
+        return sample - (sigma if eps_sigma is None else eps_sigma) * model_output
+    if prediction_type == "v_prediction":
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+    return model_output  # "sample" / "original_sample"
+
+
+def posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta_t=None):
+    """Variance of q(x_{t-1} | x_t, x_0) (eq. 7); ``beta_t`` defaults to the one the alphas imply."""
+    if beta_t is None:
+        beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+    return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * beta_t
+
+
+def posterior_mean_coefficients(alpha_prod_t, alpha_prod_t_prev, alpha_t, beta_t):
+    """The weights of x0 and of x_t in the mean of q(x_{t-1} | x_t, x_0) (eq. 7)."""
+    beta_prod_t = 1 - alpha_prod_t
+    original_coeff = (alpha_prod_t_prev ** (0.5) * beta_t) / beta_prod_t
+    sample_coeff = alpha_t ** (0.5) * (1 - alpha_prod_t_prev) / beta_prod_t
+    return original_coeff, sample_coeff
+
+
+def posterior_mean(original, sample, alpha_prod_t, alpha_prod_t_prev, alpha_t, beta_t):
+    """Mean of q(x_{t-1} | x_t, x_0) from the (predicted) x0 and the current sample."""
+    original_coeff, sample_coeff = posterior_mean_coefficients(alpha_prod_t, alpha_prod_t_prev, alpha_t, beta_t)
+    return original_coeff * original + sample_coeff * sample
+
+
+def learned_range_log_variance(model_value, log_beta, log_posterior_variance):
+    """The log-variance a ``learned_range`` model picks (Nichol & Dhariwal 2021, eq. 15).
+
+    ``model_value`` in [-1, 1] interpolates in log space from the posterior
+    variance (-1) to beta (+1).
+    """
+    fraction = (model_value + 1) / 2
+    return fraction * log_beta + (1 - fraction) * log_posterior_variance
+
+
+@dataclasses.dataclass(frozen=True)
+class PosteriorTables:
+    """q(x_{t-1} | x_t, x_0) for every single training step t, as a training loss needs it."""
+
+    variance: torch.Tensor
+    log_variance: torch.Tensor  # at t = 0 (variance 0) it repeats t = 1's, as in Improved DDPM
+    original_coeff: torch.Tensor  # weight of x0 in the mean
+    sample_coeff: torch.Tensor  # weight of x_t in the mean
+
+
+def posterior_tables(betas: torch.Tensor, alphas_cumprod: torch.Tensor) -> PosteriorTables:
+    """The posterior of each training step, in the dtype of ``betas`` and ``alphas_cumprod``."""
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    variance = posterior_variance(alphas_cumprod, previous, betas)
+    log_variance = torch.log(torch.cat([variance[1:2], variance[1:]]))
+    original_coeff, sample_coeff = posterior_mean_coefficients(alphas_cumprod, previous, 1 - betas, betas)
+    return PosteriorTables(variance, log_variance, original_coeff, sample_coeff)
 
 
 # ---------------------------------------------------------------------------

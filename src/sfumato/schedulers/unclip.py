@@ -1,8 +1,9 @@
 """The unCLIP prior's sampler (Ramesh et al. 2022), used by the Kandinsky 2.x prior pipelines.
 
 A DDPM step over a cosine schedule that can jump between any two timesteps:
-the pipeline passes ``prev_timestep``, and the step's beta is the one implied
-by the two alpha_bars (or the trained beta for a jump of one).
+from one of ``timesteps`` to the next (or to ``prev_timestep`` when given),
+and the step's beta is the one implied by the two alpha_bars (or the trained
+beta for a jump of one).
 """
 
 from __future__ import annotations
@@ -12,13 +13,7 @@ import torch
 
 from ..random import randn_tensor
 from . import schedules
-from .base import (
-    DenoisingSchedulerOutput,
-    DiscreteTimeScheduler,
-    posterior_mean,
-    posterior_variance,
-    register_to_config,
-)
+from .base import DenoisingSchedulerOutput, DiscreteTimeScheduler
 
 
 class UnCLIPSchedulerOutput(DenoisingSchedulerOutput):
@@ -28,28 +23,21 @@ class UnCLIPSchedulerOutput(DenoisingSchedulerOutput):
 class UnCLIPScheduler(DiscreteTimeScheduler):
     """DDPM sampling for the unCLIP / Kandinsky image-embedding prior (cosine schedule, log-std noise)."""
 
+    config_fields = dict(num_train_timesteps=1000, variance_type="fixed_small_log", clip_sample=True,
+                         clip_sample_range=1.0, prediction_type="epsilon", beta_schedule="squaredcos_cap_v2")
+    prediction_types = ("epsilon", "sample")
+    config_choices = {"variance_type": ("fixed_small_log", "learned_range"), "beta_schedule": ("squaredcos_cap_v2",)}
     _compatibles: list[str] = []
-    order = 1
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        variance_type: str = "fixed_small_log",
-        clip_sample: bool = True,
-        clip_sample_range: float = 1.0,
-        prediction_type: str = "epsilon",
-        beta_schedule: str = "squaredcos_cap_v2",
-    ) -> None:
-        owner = type(self).__name__
-        self._check_common(owner, ("epsilon", "sample"), variance_type=("fixed_small_log", "learned_range"),
-                           beta_schedule=("squaredcos_cap_v2",))
-        self._set_noise_schedule(schedules.make_betas(beta_schedule, num_train_timesteps, owner=owner))
+    def _setup(self) -> None:
+        super()._setup()
         self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
-        self.timesteps = schedules.default_timesteps(num_train_timesteps)
-        self.variance_type = variance_type
+        self.timesteps = schedules.default_timesteps(self.config.num_train_timesteps)
+        self.variance_type = self.config.variance_type
+
+    @property
+    def accepts_predicted_variance(self) -> bool:
+        return self.config.variance_type in schedules.LEARNED_VARIANCE_TYPES
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """``num_inference_steps`` timesteps evenly spread over the whole schedule, first and last included."""
@@ -60,6 +48,19 @@ class UnCLIPScheduler(DiscreteTimeScheduler):
         step_ratio = (train_steps - 1) / (steps - 1)
         timesteps = (np.arange(0, steps) * step_ratio).round()[::-1].copy().astype(np.int64)
         self.timesteps = torch.from_numpy(timesteps).to(device)
+
+    def previous_timestep(self, timestep):
+        """Where the step from ``timestep`` lands: the next of ``timesteps``, else ``timestep - 1``.
+
+        Before ``set_timesteps``, for a timestep not in the schedule, and after
+        the last one (always 0, so -1) it is ``timestep - 1``: what the
+        reference's prior pipelines get by passing ``prev_timestep=None`` there.
+        """
+        if self.num_inference_steps is not None:
+            index = (self.timesteps == timestep).nonzero()
+            if len(index) and index[0].item() + 1 < len(self.timesteps):
+                return self.timesteps[index[0].item() + 1]
+        return timestep - 1
 
     def _step_terms(self, t, prev_timestep):
         """alpha_bar at both ends and the (alpha, beta) of the jump between them."""
@@ -75,33 +76,26 @@ class UnCLIPScheduler(DiscreteTimeScheduler):
         if prev_timestep is None:
             prev_timestep = t - 1
         alpha_prod_t, alpha_prod_t_prev, _, beta = self._step_terms(t, prev_timestep)
-        variance = posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta)
+        variance = schedules.posterior_variance(alpha_prod_t, alpha_prod_t_prev, beta)
         if (variance_type or self.config.variance_type) == "fixed_small_log":
             return torch.exp(0.5 * torch.log(torch.clamp(variance, min=1e-20)))
-        fraction = (predicted_variance + 1) / 2
-        return fraction * beta.log() + (1 - fraction) * variance.log()
+        return schedules.learned_range_log_variance(predicted_variance, beta.log(), variance.log())
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int,
-        sample: torch.Tensor,
-        prev_timestep: int | None = None,
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ) -> UnCLIPSchedulerOutput | tuple:
-        """One step from ``timestep`` to ``prev_timestep`` (default ``timestep - 1``)."""
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, prev_timestep: int | None = None,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> UnCLIPSchedulerOutput | tuple:
+        """One step from ``timestep`` to ``prev_timestep`` (default: ``previous_timestep(timestep)``)."""
         t = timestep
         predicted_variance = None
-        if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type == "learned_range":
+        if model_output.shape[1] == sample.shape[1] * 2 and self.accepts_predicted_variance:
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
         if prev_timestep is None:
-            prev_timestep = t - 1
+            prev_timestep = self.previous_timestep(t)
 
         alpha_prod_t, alpha_prod_t_prev, alpha, beta = self._step_terms(t, prev_timestep)
         pred_original_sample = self._predicted_original(model_output, sample, alpha_prod_t, 1 - alpha_prod_t)
         pred_original_sample = self._clip_or_threshold(pred_original_sample)
-        prev_sample = posterior_mean(pred_original_sample, sample, alpha_prod_t, alpha_prod_t_prev, alpha, beta)
+        prev_sample = schedules.posterior_mean(pred_original_sample, sample, alpha_prod_t, alpha_prod_t_prev, alpha,
+                                               beta)
 
         if t > 0:
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, generator=generator,

@@ -1,219 +1,33 @@
-"""Kandinsky 2.2 priors: text (and pictures) -> CLIP image embeddings for the decoder.
-
-``KandinskyV22PriorPipeline`` samples an image embedding from noise, guided by
-the prompt's CLIP text embedding; ``KandinskyV22PriorEmb2EmbPipeline`` starts
-from a picture's embedding noised to ``strength`` instead. Both can
-``interpolate`` between prompts and pictures by weighted sums of embeddings.
-"""
+"""Kandinsky 2.2 priors: prompt (and picture) -> CLIP image embeddings for the 2.2 decoders."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
-from ...outputs import BaseOutput
 from .. import checks
-from ..base import DiffusionPipeline
-from ..loop import check_callback_inputs, denoise, noise_latents, noised_image_latents, timesteps_for_strength
-
-logger = logging.getLogger("sfumato")
+from ..prior import ImageEmbeddingPrior, KandinskyPriorPipelineOutput
 
 
-@dataclass
-class KandinskyPriorPipelineOutput(BaseOutput):
-    """``image_embeds`` for the prompt and ``negative_image_embeds`` for the decoder's guidance."""
-
-    image_embeds: torch.Tensor | np.ndarray
-    negative_image_embeds: torch.Tensor | np.ndarray
-
-
-def _prompt_list(name: str, value: Any, allow_none: bool = False) -> list[str] | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.80}")
-
-
-class KandinskyV22PriorPipeline(DiffusionPipeline):
-    """Prompt -> CLIP image embeddings (``image_embeds``, ``negative_image_embeds``)."""
-
-    model_cpu_offload_seq = "text_encoder->image_encoder->prior"
-    _exclude_from_cpu_offload = ["prior"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "text_encoder_hidden_states", "text_mask"]
-
-    def __init__(self, prior, image_encoder, text_encoder, tokenizer, scheduler, image_processor):
-        super().__init__()
-        self.register_modules(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                              image_encoder=image_encoder, image_processor=image_processor)
-
-    # ------------------------------------------------------------------ conditioning
-
-    def _tokenize(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        full = self.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > tokens.input_ids.shape[-1]:
-            cut = self.tokenizer.batch_decode(full[:, self.tokenizer.model_max_length - 1: -1])
-            logger.warning("prompt truncated to %d CLIP tokens; dropped: %s", self.tokenizer.model_max_length, cut)
-        return tokens.input_ids.to(device), tokens.attention_mask.bool().to(device)
-
-    def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int, guided: bool,
-                      negative_prompt: list[str] | None = None):
-        """CLIP text embedding, hidden states and mask per sample; unconditional rows first when guided."""
-        embeds, states, mask = self._encode_texts(prompt, device)
-        if guided:
-            if negative_prompt is None:
-                negative_prompt = [""] * len(prompt)
-            elif len(negative_prompt) == 1 and len(prompt) > 1:
-                negative_prompt = negative_prompt * len(prompt)
-            elif len(negative_prompt) != len(prompt):
-                raise ValueError(
-                    f"negative_prompt has {len(negative_prompt)} entries, but prompt has {len(prompt)}"
-                )
-            un_embeds, un_states, un_mask = self._encode_texts(negative_prompt, device)
-            embeds, states, mask = (torch.cat([a, b]) for a, b in
-                                    ((un_embeds, embeds), (un_states, states), (un_mask, mask)))
-        n = num_images_per_prompt
-        # unconditional and conditional halves are each repeated per image, halves kept apart
-        return tuple(x.repeat_interleave(n, dim=0) for x in (embeds, states, mask))
-
-    def _encode_texts(self, texts: list[str], device):
-        ids, mask = self._tokenize(texts, device)
-        output = self.text_encoder(ids)
-        return output.text_embeds, output.last_hidden_state, mask
-
-    def encode_image(self, image, device, num_images_per_prompt: int = 1) -> torch.Tensor:
-        """CLIP image embedding of PIL image(s) or of a pixel tensor already prepared for CLIP."""
-        if not isinstance(image, torch.Tensor):
-            image = self.image_processor(image, return_tensors="pt").pixel_values
-        image = image.to(device=device, dtype=self.image_encoder.dtype)
-        return self.image_encoder(image)["image_embeds"].repeat_interleave(num_images_per_prompt, dim=0)
-
-    def get_zero_embed(self, batch_size: int = 1, device=None) -> torch.Tensor:
-        """The embedding of an all-zero picture: the decoder's default negative embedding."""
-        device = device or self.device
-        size = self.image_encoder.config.image_size
-        zeros = torch.zeros(1, 3, size, size, device=device, dtype=self.image_encoder.dtype)
-        return self.image_encoder(zeros)["image_embeds"].repeat(batch_size, 1)
-
-    # ------------------------------------------------------------------ sampling
-
-    def sample_embeds(self, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
-                      guidance_scale, output_type, return_dict, callback_on_step_end=None,
-                      callback_on_step_end_tensor_inputs=None, latents=None, start_embeds=None, strength=None):
-        """Run the prior: from noise, or (``start_embeds``) from embeddings noised to ``strength``."""
-        prompt = _prompt_list("prompt", prompt)
-        negative_prompt = _prompt_list("negative_prompt", negative_prompt, allow_none=True)
-        checks.positive_int("num_inference_steps", num_inference_steps)
-        checks.positive_int("num_images_per_prompt", num_images_per_prompt)
-        checks.number("guidance_scale", guidance_scale)
-        checks.one_of("output_type", output_type, ["pt", "np"])
-        if strength is not None:
-            checks.strength(strength, num_inference_steps)
-        check_callback_inputs(self, callback_on_step_end_tensor_inputs)
-        if negative_prompt is not None:
-            if len(negative_prompt) not in (1, len(prompt)):
-                raise ValueError(f"negative_prompt has {len(negative_prompt)} entries, but prompt has {len(prompt)}")
-            # the negative prompts get their own embeddings (the decoder's negative_image_embeds)
-            negative_prompt = negative_prompt * (len(prompt) // len(negative_prompt))
-            prompt, negative_prompt = prompt + negative_prompt, 2 * negative_prompt
-
-        device = self._execution_device
-        self._guidance_scale = guidance_scale
-        guided = self.do_classifier_free_guidance
-        batch = len(prompt) * num_images_per_prompt
-        embeds, states, mask = self.encode_prompt(prompt, device, num_images_per_prompt, guided, negative_prompt)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        if start_embeds is None:
-            latents = noise_latents((batch, self.prior.config.embedding_dim), self.scheduler, generator, device,
-                                    embeds.dtype, latents)
-        else:
-            timesteps = timesteps_for_strength(self.scheduler, num_inference_steps, strength)
-            start = start_embeds.to(device=device, dtype=embeds.dtype)
-            if start.shape[0] != batch:
-                if batch % start.shape[0]:
-                    raise ValueError(f"image has {start.shape[0]} embeddings, which cannot be spread over "
-                                     f"{batch} prompts x images")
-                start = torch.cat([start] * (batch // start.shape[0]))
-            latents = noised_image_latents(start, self.scheduler, timesteps[:1], generator)
-
-        def predict(model_input, t, tensors):
-            return self.prior(model_input, timestep=t, proj_embedding=tensors["prompt_embeds"],
-                              encoder_hidden_states=tensors["text_encoder_hidden_states"],
-                              attention_mask=tensors["text_mask"]).predicted_image_embedding
-
-        def next_timestep(i, t):
-            return {"prev_timestep": timesteps[i + 1] if i + 1 < len(timesteps) else None}
-
-        tensors = {"prompt_embeds": embeds, "text_encoder_hidden_states": states, "text_mask": mask}
-        latents = denoise(self, latents, timesteps, predict, guidance_scale, guided, generator=generator,
-                          callback_on_step_end=callback_on_step_end,
-                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
-                          tensors=tensors, step_kwargs=next_timestep)
-        image_embeds = self.prior.post_process_latents(latents)
-        if negative_prompt is None:
-            negative_embeds = self.get_zero_embed(image_embeds.shape[0], device=image_embeds.device)
-        else:
-            image_embeds, negative_embeds = image_embeds.chunk(2)
-        self.maybe_free_model_hooks()
-        if output_type == "np":
-            image_embeds, negative_embeds = image_embeds.cpu().numpy(), negative_embeds.cpu().numpy()
-        if not return_dict:
-            return image_embeds, negative_embeds
-        return KandinskyPriorPipelineOutput(image_embeds=image_embeds, negative_image_embeds=negative_embeds)
+class KandinskyV22PriorPipeline(ImageEmbeddingPrior):
+    """Prompt -> CLIP image embeddings, sampled from noise (``interpolate`` mixes prompts and pictures)."""
 
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, num_inference_steps: int = 25,
                  generator=None, latents=None, guidance_scale: float = 4.0, output_type: str | None = "pt",
                  return_dict: bool = True, callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.sample_embeds(prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
-                                  guidance_scale, output_type, return_dict, callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs, latents=latents)
-
-    @torch.no_grad()
-    def interpolate(self, images_and_prompts: Sequence[Any], weights: Sequence[float],
-                    num_images_per_prompt: int = 1, num_inference_steps: int = 25, generator=None, latents=None,
-                    negative_prior_prompt: str | None = None, negative_prompt: str = "",
-                    guidance_scale: float = 4.0, device=None) -> KandinskyPriorPipelineOutput:
-        """A weighted sum of the embeddings of prompts (run through the prior) and pictures (CLIP)."""
-        import PIL.Image
-
-        if len(images_and_prompts) != len(weights):
-            raise ValueError(f"images_and_prompts has {len(images_and_prompts)} items but weights has "
-                             f"{len(weights)}; give one weight per item")
-        if not images_and_prompts:
-            raise ValueError("images_and_prompts must not be empty")
-        device = device or self.device
-        weighted = []
-        for item, weight in zip(images_and_prompts, weights):
-            if isinstance(item, str):
-                embeds = self(item, num_inference_steps=num_inference_steps,
-                              num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-                              negative_prompt=negative_prior_prompt, guidance_scale=guidance_scale).image_embeds
-            elif isinstance(item, (PIL.Image.Image, torch.Tensor)):
-                embeds = self.encode_image(item, device, 1).repeat(num_images_per_prompt, 1)
-            else:
-                raise ValueError(f"images_and_prompts items must be str, PIL.Image.Image or torch.Tensor, "
-                                 f"got {type(item).__name__}")
-            weighted.append(embeds * weight)
-        mixed = torch.stack(weighted).sum(dim=0)
-        baseline = self(negative_prompt, num_inference_steps=num_inference_steps,
-                        num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-                        negative_prompt=negative_prior_prompt, guidance_scale=guidance_scale)
-        negative = baseline.negative_image_embeds if negative_prompt == "" else baseline.image_embeds
-        return KandinskyPriorPipelineOutput(image_embeds=mixed, negative_image_embeds=negative)
+        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
+                                  num_images_per_prompt=num_images_per_prompt,
+                                  num_inference_steps=num_inference_steps, generator=generator,
+                                  guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,
+                                  callback_on_step_end=callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                                  latents=latents)
 
 
-class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
+class KandinskyV22PriorEmb2EmbPipeline(ImageEmbeddingPrior):
     """Prompt + picture -> image embeddings that start from the picture's (``strength`` of the way to noise)."""
 
     _callback_tensor_inputs = ["latents"]
@@ -222,17 +36,12 @@ class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
     def __call__(self, prompt, image, strength: float = 0.3, negative_prompt=None, num_images_per_prompt: int = 1,
                  num_inference_steps: int = 25, generator=None, guidance_scale: float = 4.0,
                  output_type: str | None = "pt", return_dict: bool = True):
-        start = self._start_embeds(checks.required("image", image), num_images_per_prompt)
-        return self.sample_embeds(prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
-                                  guidance_scale, output_type, return_dict, start_embeds=start, strength=strength)
+        start = self.start_embeds(checks.required("image", image), num_images_per_prompt)
+        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
+                                  num_images_per_prompt=num_images_per_prompt,
+                                  num_inference_steps=num_inference_steps, generator=generator,
+                                  guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,
+                                  start_embeds=start, strength=strength)
 
-    def _start_embeds(self, image, num_images_per_prompt: int) -> torch.Tensor:
-        images = image if isinstance(image, list) else [image]
-        if isinstance(images[0], torch.Tensor):
-            images = torch.cat(images, dim=0)
-            if images.ndim == 2:  # already image embeddings
-                return images.repeat_interleave(num_images_per_prompt, dim=0)
-            if images.ndim != 4:
-                raise ValueError(f"image as a tensor must be embeddings (N, D) or pixels (N, C, H, W), "
-                                 f"got shape {tuple(images.shape)}")
-        return self.encode_image(images, self._execution_device, num_images_per_prompt)
+
+__all__ = ["KandinskyPriorPipelineOutput", "KandinskyV22PriorEmb2EmbPipeline", "KandinskyV22PriorPipeline"]

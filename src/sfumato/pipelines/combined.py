@@ -1,0 +1,99 @@
+"""Prior + decoder in one call: the combined pipelines of the two-stage Kandinsky families.
+
+A combined pipeline holds the prior's components under ``prior_*`` names and
+the decoder's under their own, builds one pipeline of each over them, runs
+the prior to get image embeddings and passes them, with the pictures, to the
+decoder. Every decoder argument is checked before the prior runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .base import DiffusionPipeline
+from .generation import Request
+
+PRIOR = "prior_"
+
+
+class PriorDecoderPipeline(DiffusionPipeline):
+    """Shared body: the two sub-pipelines and the plumbing between them."""
+
+    _load_connected_pipes = True
+    _exclude_from_cpu_offload = ["prior_prior"]
+    prior_class: type
+    decoder_class: type
+    # the decoder reads the prompt too (Kandinsky 2.1), one per image embedding
+    decoder_takes_prompt = False
+
+    def _assemble(self, components: Mapping[str, Any]) -> None:
+        components = {k: v for k, v in components.items() if k not in ("self", "__class__")}
+        self.register_modules(**components)
+        self.prior_pipe = self.prior_class(**{k[len(PRIOR):]: v for k, v in components.items() if k.startswith(PRIOR)})
+        self.decoder_pipe = self.decoder_class(**{k: v for k, v in components.items() if not k.startswith(PRIOR)})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # pipe.scheduler = ... must reach the sub-pipeline that uses it
+        if name.startswith(PRIOR) and "prior_pipe" in self.__dict__ and name != "prior_pipe":
+            setattr(self.prior_pipe, name[len(PRIOR):], value)
+        elif "decoder_pipe" in self.__dict__ and name in self.decoder_pipe.components:
+            setattr(self.decoder_pipe, name, value)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        super().set_progress_bar_config(**kwargs)
+        self.prior_pipe.set_progress_bar_config(**kwargs)
+        self.decoder_pipe.set_progress_bar_config(**kwargs)
+
+    def enable_model_cpu_offload(self, gpu_id=None, device=None) -> None:
+        self.prior_pipe.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        self.decoder_pipe.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    def maybe_free_model_hooks(self) -> None:
+        self.prior_pipe.maybe_free_model_hooks()
+        self.decoder_pipe.maybe_free_model_hooks()
+
+    @torch.no_grad()
+    def prior_then_decoder(self, *, prompt, negative_prompt, num_images_per_prompt: int, prior_guidance_scale: float,
+                           prior_num_inference_steps: int, generator, latents, pictures: Mapping[str, Any],
+                           prior_callbacks: Mapping[str, Any] | None = None, **decoder_kwargs: Any):
+        """Run the prior, then the decoder with one picture (and prompt) per image embedding."""
+        Request.of({**decoder_kwargs, "generator": generator}).check(self.decoder_pipe)
+        count = len(prompt) if isinstance(prompt, (list, tuple)) else 1
+        pictures = {name: per_embedding(name, value, count, num_images_per_prompt)
+                    for name, value in pictures.items()}
+        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=negative_prompt,
+                                           num_images_per_prompt=num_images_per_prompt,
+                                           num_inference_steps=prior_num_inference_steps, generator=generator,
+                                           latents=latents, guidance_scale=prior_guidance_scale, output_type="pt",
+                                           return_dict=False, **(prior_callbacks or {}))
+        if self.decoder_takes_prompt:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(num_images_per_prompt)]
+        return self.decoder_pipe(image_embeds=embeds, negative_image_embeds=negative, generator=generator,
+                                 **pictures, **decoder_kwargs)
+
+
+def per_embedding(name: str, pictures: Any, prompts: int, num_images_per_prompt: int) -> Any:
+    """Give every image embedding its picture: one per prompt, repeated for each image of that prompt."""
+    import numpy as np
+    import PIL.Image
+
+    if isinstance(pictures, (torch.Tensor, np.ndarray)) and not (pictures.ndim == 4 and pictures.shape[0] > 1):
+        return pictures  # one picture for everything: the decoder broadcasts it
+    if isinstance(pictures, PIL.Image.Image):
+        return pictures
+    items = list(pictures) if isinstance(pictures, (list, tuple)) else [p[None] for p in pictures]
+    if len(items) == 1:
+        return items
+    if len(items) != prompts:
+        raise ValueError(f"{name} has {len(items)} pictures, but there are {prompts} prompts; "
+                         f"pass one picture or one per prompt")
+    repeated = [item for item in items for _ in range(num_images_per_prompt)]
+    if isinstance(repeated[0], torch.Tensor):
+        return torch.cat(repeated)
+    if isinstance(repeated[0], np.ndarray) and repeated[0].ndim == 4:
+        return np.concatenate(repeated)
+    return repeated

@@ -1,0 +1,108 @@
+"""The MoVQ latent space of the Kandinsky decoders: sizes, encoding, inpainting inputs, decoding.
+
+Kandinsky 2.1 and 2.2 differ in how they condition their UNet, not in their
+latent space; both build on ``MoVQLatents``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+
+from ..image import ImageProcessor, kandinsky_latent_mask, postprocess, prepare_mask_and_masked_image
+from .generation import GenerationPipeline
+from .loop import noised_latents
+
+
+class MoVQLatents(GenerationPipeline):
+    """A ``GenerationPipeline`` whose latents are a MoVQ's (``self.movq``) and whose denoiser is ``self.unet``."""
+
+    # output_type="pt" gives the MoVQ's raw [-1, 1] output in the reference's text-to-image,
+    # inpaint and ControlNet pipelines and [0, 1] in its image-to-image ones; we keep its numbers
+    pt_output_in_unit_range = False
+
+    @property
+    def movq_scale_factor(self) -> int:
+        return 2 ** (len(self.movq.config.block_out_channels) - 1)
+
+    @property
+    def image_processor(self) -> ImageProcessor:
+        return ImageProcessor(vae_scale_factor=self.movq_scale_factor, resample="bicubic", reducing_gap=1)
+
+    def size_multiple(self) -> int:
+        """Every level of the UNet gets whole latent pixels, and the MoVQ whole pixels."""
+        return movq_size_multiple(self.movq.config, self.unet.config)
+
+    def latent_shape(self, samples: int, height: int, width: int) -> tuple[int, ...]:
+        scale = self.movq_scale_factor
+        return (samples, self.movq.config.latent_channels, height // scale, width // scale)
+
+    # ------------------------------------------------------------------ pictures in
+
+    def preprocess_pictures(self, image: Any, height: int, width: int) -> torch.Tensor:
+        return self.image_processor.preprocess(image, height, width)
+
+    def encode_pictures(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.movq.encode(pixels.to(device=self._execution_device, dtype=self.model_dtype))["latents"]
+
+    def noise_pictures(self, clean: torch.Tensor, *, timesteps: torch.Tensor, strength: float,
+                       generator: Any) -> torch.Tensor:
+        """A picture's latents noised to where the image-to-image schedule starts."""
+        return noised_latents(clean=clean, scheduler=self.scheduler, timestep=timesteps[:1], generator=generator)
+
+    def inpaint_pixels(self, image: Any, mask_image: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keep mask (1 = keep) and the picture in [-1, 1], checked, at pixel size."""
+        self._check_inpaint_unet()
+        keep, pixels = prepare_mask_and_masked_image(image, mask_image, height, width)
+        if keep.shape[-2:] != pixels.shape[-2:]:
+            raise ValueError(
+                f"mask_image has size {tuple(keep.shape[-2:])} (height, width), but image has "
+                f"{tuple(pixels.shape[-2:])}; they must be the same size"
+            )
+        if tuple(pixels.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"image has size {tuple(pixels.shape[-2:])} (height, width), but height and width ask for "
+                f"{(height, width)}; pass a picture of that size or PIL images (which are resized)"
+            )
+        return keep, pixels
+
+    def inpaint_latents(self, keep: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keep mask at latent size (its repaint region grown by a latent pixel) and the picture's latents."""
+        image_latents = self.encode_pictures(pixels)
+        keep = kandinsky_latent_mask(keep.to(device=image_latents.device, dtype=image_latents.dtype),
+                                     image_latents.shape[-2:])
+        return keep, image_latents
+
+    def _check_inpaint_unet(self) -> None:
+        latent = self.movq.config.latent_channels
+        wanted = 2 * latent + 1  # latents, masked picture's latents, mask
+        if self.unet.config.in_channels != wanted:
+            raise ValueError(
+                f"inpainting needs a UNet with {wanted} input channels (latents, masked picture, mask), but this "
+                f"unet has in_channels={self.unet.config.in_channels}; load an inpainting checkpoint"
+            )
+
+    @staticmethod
+    def with_inpaint_inputs(model_input: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The inpainting UNet's input: latents, then the masked picture's latents, then the keep mask."""
+        if "mask_image" not in tensors:
+            return model_input
+        return torch.cat([model_input, tensors["masked_image"], tensors["mask_image"]], dim=1)
+
+    # ------------------------------------------------------------------ pictures out
+
+    def decode(self, latents: torch.Tensor, output_type: str) -> Any:
+        decoded = self.movq.decode(latents, force_not_quantize=True)["sample"]
+        return postprocess(decoded, output_type, denormalize_pt=self.pt_output_in_unit_range)
+
+
+def movq_size_multiple(movq_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> int:
+    """The multiple that heights and widths must have, from the MoVQ's and the UNet's configs alone.
+
+    (The command line asks this before it loads any weights.)
+    """
+    scale = 2 ** (len(movq_config["block_out_channels"]) - 1)
+    unet_factor = 2 ** (len(unet_config["block_out_channels"]) - 1)
+    return math.lcm(scale * scale, scale * unet_factor)

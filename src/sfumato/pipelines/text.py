@@ -1,0 +1,43 @@
+"""Prompts -> token ids for a text encoder, with the truncation the encoder's limit forces said plainly."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+
+logger = logging.getLogger("sfumato")
+
+# how much of the dropped text a truncation warning shows
+_SHOWN_CHARACTERS = 80
+
+
+def tokenize(tokenizer: Any, prompts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded to ``max_length``; longer prompts are cut with a warning."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                       return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+    full = tokenizer(prompts, padding="longest", return_tensors="pt")
+    for index in range(len(prompts)):
+        kept = int(tokens.attention_mask[index].sum())
+        total = int(full.attention_mask[index].sum())
+        if total > kept:
+            dropped = tokenizer.decode(full.input_ids[index, kept - 1: total - 1], skip_special_tokens=True).strip()
+            shown = dropped if len(dropped) <= _SHOWN_CHARACTERS else dropped[:_SHOWN_CHARACTERS] + "..."
+            logger.warning("prompt %d is %d tokens long and this text encoder reads %d; the last %d tokens were "
+                           "dropped: %r", index, total, max_length, total - kept, shown)
+    return tokens.input_ids.to(device), tokens.attention_mask.to(device)
+
+
+def encode_with_negatives(encode: Callable[[list[str]], Sequence[torch.Tensor]], prompts: list[str],
+                          negative_prompts: list[str], guided: bool,
+                          num_images_per_prompt: int) -> tuple[torch.Tensor, ...]:
+    """``encode(texts)``'s tensors for every image: the negative prompts' rows first when ``guided``.
+
+    Each half is repeated per image on its own, so the unconditional and the
+    conditional halves of a guided batch stay apart.
+    """
+    outputs = tuple(encode(prompts))
+    if guided:
+        outputs = tuple(torch.cat([negative, positive]) for negative, positive in zip(encode(negative_prompts), outputs))
+    return tuple(x.repeat_interleave(num_images_per_prompt, dim=0) for x in outputs)

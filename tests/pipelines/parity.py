@@ -1,0 +1,41 @@
+"""Shared helpers of the pipeline parity tests: seeded inputs and the comparison."""
+
+import numpy as np
+import PIL.Image
+import torch
+
+ATOL = 1e-4
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def embeds(batch, dim, seed=0):
+    g = generator(seed)
+    return torch.randn(batch, dim, generator=g), torch.randn(batch, dim, generator=g)
+
+
+def picture(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def mask(height, width):
+    array = np.zeros((height, width), dtype=np.uint8)
+    array[height // 4: height // 2, width // 3: width - 4] = 255
+    return PIL.Image.fromarray(array)
+
+
+def run_both(ours, theirs, **kwargs):
+    seed = kwargs.pop("seed", 0)
+    a = ours(**kwargs, generator=generator(seed)).images
+    b = theirs(**kwargs, generator=generator(seed)).images
+    return np.asarray(a), np.asarray(b)
+
+
+def assert_close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    assert diff <= ATOL, f"max abs difference {diff}"
