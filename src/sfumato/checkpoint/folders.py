@@ -1,4 +1,5 @@
-"""Writing a checkpoint folder all at once: into a temporary sibling, then renamed into place."""
+"""Checkpoint folders: written all at once (a temporary sibling renamed into place), and the pipelines
+a folder's model card connects it to."""
 
 from __future__ import annotations
 
@@ -36,3 +37,29 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def connected_pipeline(folder: str | os.PathLike, prefix: str = "prior") -> str | Path | None:
+    """The pipeline a folder's model card names under ``prefix`` (``prior: [org/name]`` or ``../prior``).
+
+    A path relative to the folder comes back as that folder (a self-contained
+    model keeps its parts side by side); anything else as written (a hub id).
+    ``None`` when the folder has no model card or it names nothing.
+    """
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(readme).data
+    except Exception:  # a broken model card names nothing
+        return None
+    sources = getattr(data, prefix, None) or []
+    source = sources[0] if isinstance(sources, list) and sources else sources
+    if not source or not isinstance(source, str):
+        return None
+    local = Path(folder) / source
+    if not Path(source).is_absolute() and local.is_dir():
+        return local
+    return source

@@ -33,6 +33,7 @@ from ..checkpoint import (
     split_hub_kwargs,
 )
 from ..checkpoint.config import FORMAT_VERSION
+from ..checkpoint.folders import connected_pipeline
 from ..checkpoint.registry import reference_library
 from ..outputs import BaseOutput
 from . import offload
@@ -278,27 +279,19 @@ class DiffusionPipeline(ConfigMixin):
 
         This is how a hub decoder repo (e.g. kandinsky-2-2-decoder) becomes a combined pipeline.
         """
-        readme = folder / "README.md"
-        if not cls._load_connected_pipes or not readme.is_file():
+        if not cls._load_connected_pipes:
             return {}
-        from huggingface_hub import ModelCard
-
-        data = ModelCard.load(readme).data
         components: dict[str, Any] = {}
         for prefix in cls._connected_prefixes:
-            sources = getattr(data, prefix, None) or []
-            source = sources[0] if isinstance(sources, list) and sources else sources
+            source = connected_pipeline(folder, prefix)
             wanted = [n for n in cls._component_names() if n.startswith(prefix + "_") and n not in overrides]
-            if not source or not wanted:
+            if source is None or not wanted:
                 continue
             passed = {n[len(prefix) + 1:]: overrides[n] for n in cls._component_names()
                       if n.startswith(prefix + "_") and n in overrides}
             if isinstance(torch_dtype, dict):
                 torch_dtype = {k[len(prefix) + 1:] if k.startswith(prefix + "_") else k: v
                                for k, v in torch_dtype.items()}
-            local = folder / str(source)
-            if not Path(str(source)).is_absolute() and local.is_dir():
-                source = local  # a path relative to the folder, as a self-contained model keeps it
             sub = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, variant=variant,
                                                     use_safetensors=use_safetensors, **passed)
             components.update({f"{prefix}_{name}": c for name, c in sub.components.items()})
