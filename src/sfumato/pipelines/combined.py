@@ -56,24 +56,36 @@ class PriorDecoderPipeline(DiffusionPipeline):
         self.decoder_pipe.maybe_free_model_hooks()
 
     @torch.no_grad()
-    def prior_then_decoder(self, *, prompt, negative_prompt, num_images_per_prompt: int, prior_guidance_scale: float,
-                           prior_num_inference_steps: int, generator, latents, pictures: Mapping[str, Any],
-                           prior_callbacks: Mapping[str, Any] | None = None, **decoder_kwargs: Any):
-        """Run the prior, then the decoder with one picture (and prompt) per image embedding."""
-        Request.of({**decoder_kwargs, "generator": generator}).check(self.decoder_pipe)
+    def prior_then_decoder(self, call: Mapping[str, Any]):
+        """Run the prior, then the decoder with one picture (and prompt) per image embedding.
+
+        ``call`` is the public ``__call__``'s ``locals()``: the prior's keywords
+        (``prior_*``, the prompts, ``latents``) go to the prior, the rest to the decoder.
+        """
+        call = {k: v for k, v in call.items() if k not in ("self", "__class__")}
+        prompt, n, generator = call["prompt"], call["num_images_per_prompt"], call.get("generator")
+        decoder_kwargs = {k: v for k, v in call.items() if k not in _PRIOR_KEYWORDS}
+        Request.of(decoder_kwargs).check(self.decoder_pipe)
         count = len(prompt) if isinstance(prompt, (list, tuple)) else 1
-        pictures = {name: per_embedding(name, value, count, num_images_per_prompt)
-                    for name, value in pictures.items()}
-        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=negative_prompt,
-                                           num_images_per_prompt=num_images_per_prompt,
-                                           num_inference_steps=prior_num_inference_steps, generator=generator,
-                                           latents=latents, guidance_scale=prior_guidance_scale, output_type="pt",
-                                           return_dict=False, **(prior_callbacks or {}))
+        for name in _PICTURES:
+            if name in decoder_kwargs:
+                decoder_kwargs[name] = per_embedding(name, decoder_kwargs[name], count, n)
+        callbacks = {k[len(PRIOR):]: call[k] for k in _PRIOR_CALLBACKS if k in call}
+        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=call["negative_prompt"],
+                                           num_images_per_prompt=n, num_inference_steps=call["prior_num_inference_steps"],
+                                           generator=generator, latents=call["latents"],
+                                           guidance_scale=call["prior_guidance_scale"], output_type="pt",
+                                           return_dict=False, **callbacks)
         if self.decoder_takes_prompt:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(num_images_per_prompt)]
-        return self.decoder_pipe(image_embeds=embeds, negative_image_embeds=negative, generator=generator,
-                                 **pictures, **decoder_kwargs)
+            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(n)]
+        return self.decoder_pipe(image_embeds=embeds, negative_image_embeds=negative, **decoder_kwargs)
+
+
+_PRIOR_CALLBACKS = ("prior_callback_on_step_end", "prior_callback_on_step_end_tensor_inputs")
+_PRIOR_KEYWORDS = {"prompt", "negative_prompt", "num_images_per_prompt", "prior_guidance_scale",
+                   "prior_num_inference_steps", "latents", *_PRIOR_CALLBACKS}
+_PICTURES = ("image", "mask_image")
 
 
 def per_embedding(name: str, pictures: Any, prompts: int, num_images_per_prompt: int) -> Any:

@@ -36,7 +36,6 @@ class KandinskyPriorPipelineOutput(BaseOutput):
 class ImageEmbeddingPrior(DiffusionPipeline):
     """Prompt -> CLIP image embeddings (``image_embeds``, ``negative_image_embeds``)."""
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->prior"
     _exclude_from_cpu_offload = ["prior"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "text_encoder_hidden_states", "text_mask"]
 
@@ -138,6 +137,19 @@ class ImageEmbeddingPrior(DiffusionPipeline):
         if not return_dict:
             return image_embeds, negative_embeds
         return KandinskyPriorPipelineOutput(image_embeds=image_embeds, negative_image_embeds=negative_embeds)
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, num_inference_steps: int = 25,
+                 generator=None, latents=None, guidance_scale: float = 4.0, output_type: str | None = "pt",
+                 return_dict: bool = True, callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
+        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
+                                  num_images_per_prompt=num_images_per_prompt,
+                                  num_inference_steps=num_inference_steps, generator=generator,
+                                  guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,
+                                  callback_on_step_end=callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                                  latents=latents)
 
     @torch.no_grad()
     def interpolate(self, images_and_prompts: Sequence[Any], weights: Sequence[float],

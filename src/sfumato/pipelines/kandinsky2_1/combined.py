@@ -36,12 +36,7 @@ class KandinskyCombinedPipeline(KandinskyCombined):
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", callback=None, callback_steps: int = 1,
                  return_dict: bool = True):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={}, height=height, width=width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
-            callback=callback, callback_steps=callback_steps, return_dict=return_dict)
+        return self.prior_then_decoder(locals())
 
 
 class KandinskyImg2ImgCombinedPipeline(KandinskyCombined):
@@ -54,12 +49,7 @@ class KandinskyImg2ImgCombinedPipeline(KandinskyCombined):
                  height: int = 512, width: int = 512, prior_guidance_scale: float = 4.0,
                  prior_num_inference_steps: int = 25, generator=None, latents=None, output_type: str | None = "pil",
                  callback=None, callback_steps: int = 1, return_dict: bool = True):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={"image": image}, strength=strength, height=height,
-            width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            output_type=output_type, callback=callback, callback_steps=callback_steps, return_dict=return_dict)
+        return self.prior_then_decoder(locals())
 
 
 class KandinskyInpaintCombinedPipeline(KandinskyCombined):
@@ -72,9 +62,4 @@ class KandinskyInpaintCombinedPipeline(KandinskyCombined):
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", callback=None, callback_steps: int = 1,
                  return_dict: bool = True):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={"image": image, "mask_image": mask_image},
-            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            output_type=output_type, callback=callback, callback_steps=callback_steps, return_dict=return_dict)
+        return self.prior_then_decoder(locals())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..prior import ImageEmbeddingPrior
 
 
@@ -15,16 +13,3 @@ class KandinskyPriorPipeline(ImageEmbeddingPrior):
     """
 
     model_cpu_offload_seq = "text_encoder->prior"
-
-    @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, num_inference_steps: int = 25,
-                 generator=None, latents=None, guidance_scale: float = 4.0, output_type: str | None = "pt",
-                 return_dict: bool = True, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
-                                  num_images_per_prompt=num_images_per_prompt,
-                                  num_inference_steps=num_inference_steps, generator=generator,
-                                  guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,
-                                  callback_on_step_end=callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                                  latents=latents)

@@ -31,16 +31,7 @@ class KandinskyV22CombinedPipeline(KandinskyV22Combined):
                  return_dict: bool = True, prior_callback_on_step_end=None,
                  prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"], callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={},
-            prior_callbacks=dict(callback_on_step_end=prior_callback_on_step_end,
-                                 callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs),
-            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            output_type=output_type, callback=callback, callback_steps=callback_steps, return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        return self.prior_then_decoder(locals())
 
 
 class KandinskyV22Img2ImgCombinedPipeline(KandinskyV22Combined):
@@ -55,16 +46,7 @@ class KandinskyV22Img2ImgCombinedPipeline(KandinskyV22Combined):
                  callback=None, callback_steps: int = 1, return_dict: bool = True, prior_callback_on_step_end=None,
                  prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"], callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={"image": image},
-            prior_callbacks=dict(callback_on_step_end=prior_callback_on_step_end,
-                                 callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs),
-            height=height, width=width, strength=strength, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, output_type=output_type, callback=callback, callback_steps=callback_steps,
-            return_dict=return_dict, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        return self.prior_then_decoder(locals())
 
 
 class KandinskyV22InpaintCombinedPipeline(KandinskyV22Combined):
@@ -78,12 +60,4 @@ class KandinskyV22InpaintCombinedPipeline(KandinskyV22Combined):
                  latents=None, output_type: str | None = "pil", return_dict: bool = True,
                  prior_callback_on_step_end=None, prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"],
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.prior_then_decoder(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
-            generator=generator, latents=latents, pictures={"image": image, "mask_image": mask_image},
-            prior_callbacks=dict(callback_on_step_end=prior_callback_on_step_end,
-                                 callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs),
-            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            output_type=output_type, return_dict=return_dict, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        return self.prior_then_decoder(locals())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from .. import checks
@@ -13,18 +11,7 @@ from ..prior import ImageEmbeddingPrior, KandinskyPriorPipelineOutput
 class KandinskyV22PriorPipeline(ImageEmbeddingPrior):
     """Prompt -> CLIP image embeddings, sampled from noise (``interpolate`` mixes prompts and pictures)."""
 
-    @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, num_inference_steps: int = 25,
-                 generator=None, latents=None, guidance_scale: float = 4.0, output_type: str | None = "pt",
-                 return_dict: bool = True, callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
-                                  num_images_per_prompt=num_images_per_prompt,
-                                  num_inference_steps=num_inference_steps, generator=generator,
-                                  guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,
-                                  callback_on_step_end=callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                                  latents=latents)
+    model_cpu_offload_seq = "text_encoder->image_encoder->prior"
 
 
 class KandinskyV22PriorEmb2EmbPipeline(ImageEmbeddingPrior):
