@@ -99,7 +99,9 @@ class ImageEmbeddingPrior(DiffusionPipeline):
         self._guidance_scale = guidance_scale
         guided = self.do_classifier_free_guidance
         batch = len(prompt) * num_images_per_prompt
-        embeds, states, mask = self.encode_prompt(prompt, device, num_images_per_prompt, guided, negative_prompt)
+        embeds, states, mask = self.encode_prompt(prompt=prompt, device=device, guided=guided,
+                                                  num_images_per_prompt=num_images_per_prompt,
+                                                  negative_prompt=negative_prompt)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if start_embeds is None:
@@ -172,7 +174,7 @@ class ImageEmbeddingPrior(DiffusionPipeline):
                               num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
                               negative_prompt=negative_prior_prompt, guidance_scale=guidance_scale).image_embeds
             elif isinstance(item, (PIL.Image.Image, torch.Tensor)):
-                embeds = self.encode_image(item, device, 1).repeat(num_images_per_prompt, 1)
+                embeds = self.encode_image(item, device=device).repeat(num_images_per_prompt, 1)
             else:
                 raise ValueError(f"images_and_prompts items must be str, PIL.Image.Image or torch.Tensor, "
                                  f"got {type(item).__name__}")
@@ -194,4 +196,4 @@ class ImageEmbeddingPrior(DiffusionPipeline):
             if images.ndim != 4:
                 raise ValueError(f"image as a tensor must be embeddings (N, D) or pixels (N, C, H, W), "
                                  f"got shape {tuple(images.shape)}")
-        return self.encode_image(images, self._execution_device, num_images_per_prompt)
+        return self.encode_image(images, device=self._execution_device, num_images_per_prompt=num_images_per_prompt)
