@@ -166,6 +166,10 @@ def read_json(path: Path, what: str = "JSON file") -> dict:
             data = json.load(handle)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{what} {str(path)!r} is not UTF-8 text; it must be a JSON file") from None
+    except RecursionError:
+        raise CheckpointError(f"{what} {str(path)!r} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
     return data

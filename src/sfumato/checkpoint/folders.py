@@ -33,9 +33,18 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old = target.parent / f".{target.name}.old-{token}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        if target.exists():
+            os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)  # put the previous folder back
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -53,13 +62,17 @@ def connected_pipeline(folder: str | os.PathLike, prefix: str = "prior") -> str 
 
     try:
         data = ModelCard.load(readme).data
-    except Exception:  # a broken model card names nothing
-        return None
+    except Exception as error:  # huggingface_hub raises several types for broken YAML
+        raise CheckpointError(f"model card {str(readme)!r} has front matter that cannot be read "
+                              f"({type(error).__name__}: {str(error)[:200]}); fix or remove its YAML block") from None
     sources = getattr(data, prefix, None) or []
     source = sources[0] if isinstance(sources, list) and sources else sources
     if not source or not isinstance(source, str):
         return None
     local = Path(folder) / source
     if not Path(source).is_absolute() and local.is_dir():
+        if local.resolve() == Path(folder).resolve():
+            raise CheckpointError(f"model card {str(readme)!r} names its own folder as its {prefix} "
+                                  f"({source!r}); it must name the {prefix} pipeline's folder")
         return local
     return source

@@ -19,7 +19,7 @@ from .dtypes import parse_dtype
 from .errors import CheckpointError
 from .folders import atomic_folder
 from .hub import resolve_folder, split_hub_kwargs
-from .weights import find_weights, read_state_dict, write_state_dict
+from .weights import find_weights, read_state_dict, shard_size_bytes, write_state_dict
 
 
 class ModelMixin(nn.Module, ConfigMixin):
@@ -124,6 +124,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         **kwargs: Any,
     ) -> None:
         """Write ``config.json`` and the weights; a failure leaves ``save_directory`` untouched."""
+        shard_size_bytes(max_shard_size)
         with atomic_folder(save_directory) as staging:
             self.write_pretrained(staging, safe_serialization, variant, max_shard_size)
 

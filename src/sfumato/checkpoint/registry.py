@@ -8,6 +8,9 @@ from .errors import CheckpointError
 
 # libraries whose classes we provide ourselves, under the same names
 _OWN_LIBRARIES = {"diffusers", "sfumato"}
+# the only other libraries a checkpoint may name: importing a module runs its code, so a
+# model_index.json must not be able to import whatever is installed
+_FOREIGN_LIBRARIES = {"transformers"}
 
 # classes the reference keeps inside one of its pipeline packages rather than at its top level; its
 # model_index.json names that package as the library (``["kandinsky", "MultilingualCLIP"]``)
@@ -32,6 +35,11 @@ def resolve_class(library: str | None, class_name: str, component: str = "compon
                 f"{component!r} names class {class_name!r} from {library!r}, which sfumato does not provide"
             )
         return getattr(sfumato, class_name)
+    if library not in _FOREIGN_LIBRARIES or not isinstance(class_name, str) or not class_name.isidentifier():
+        raise CheckpointError(
+            f"{component!r} names [{library!r}, {class_name!r}]; a checkpoint may only name sfumato's own classes "
+            f"(as 'diffusers') or classes of {sorted(_FOREIGN_LIBRARIES)}"
+        )
     try:
         module = importlib.import_module(library)
     except ImportError:

@@ -57,7 +57,15 @@ def _shards_from_index(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"shard index {str(index)!r} is not a valid index file ({error})") from None
-    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"shard index {str(index)!r}: weight_map must map tensor names to file names")
+    names = sorted(set(weight_map.values()))
+    # a shard is a file beside the index, never a path that leads elsewhere
+    outside = [n for n in names if Path(n).name != n or n in ("", ".", "..")]
+    if outside:
+        raise CheckpointError(f"shard index {str(index)!r} names files outside its folder: {outside[:3]}; "
+                              f"shards must be plain file names in that folder")
+    shards = [index.parent / name for name in names]
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise CheckpointError(f"shard index {str(index)!r} names missing shard files: {missing[:3]}")
@@ -93,6 +101,22 @@ def _read_one(path: Path, device) -> dict[str, torch.Tensor]:
     return state
 
 
+def shard_size_bytes(max_shard_size: int | str) -> int:
+    """``max_shard_size`` (bytes, or a string such as ``"10GB"`` / ``"500MiB"``) as a positive byte count."""
+    from ..limits import parse_bytes
+
+    wrong = ValueError(f"max_shard_size must be a positive size such as 10_000_000 or '10GB', got {max_shard_size!r}")
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (int, str)):
+        raise wrong
+    try:
+        size = parse_bytes(max_shard_size)
+    except ValueError:
+        raise wrong from None
+    if size < 1:
+        raise wrong
+    return size
+
+
 def write_state_dict(
     state: dict[str, torch.Tensor],
     folder: Path,
@@ -106,7 +130,8 @@ def write_state_dict(
 
     ext = "safetensors" if safe_serialization else "bin"
     pattern = with_variant(f"{stem}.{ext}", variant).replace(f".{ext}", f"{{suffix}}.{ext}")
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size, filename_pattern=pattern)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=shard_size_bytes(max_shard_size),
+                                               filename_pattern=pattern)
     written = []
     for filename, names in split.filename_to_tensors.items():
         shard = {name: state[name].detach().contiguous() for name in names}

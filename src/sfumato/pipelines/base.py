@@ -34,6 +34,7 @@ from ..checkpoint import (
 )
 from ..checkpoint.config import FORMAT_VERSION
 from ..checkpoint.folders import connected_pipeline
+from ..checkpoint.weights import shard_size_bytes
 from ..checkpoint.registry import reference_library
 from ..outputs import BaseOutput
 from . import offload
@@ -130,7 +131,7 @@ class DiffusionPipeline(ConfigMixin):
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         dtype = parse_dtype(dtype, "dtype") if dtype is not None else None
         if device is not None:
-            device = torch.device(device)
+            device = _available_device(device)
             offload.disable(self)
         for _, module in self._modules():
             module.to(device=device, dtype=dtype)
@@ -264,6 +265,11 @@ class DiffusionPipeline(ConfigMixin):
                 loaded[name] = None
                 continue
             loaded[name] = load_component(folder, name, entry, dtype_for(name, torch_dtype), variant, use_safetensors)
+        if variant and not any(_has_variant(folder / name, variant) for name in expected if (folder / name).is_dir()):
+            raise CheckpointError(
+                f"variant={variant!r}: no component of {str(folder)!r} has {variant!r} weights; "
+                f"drop variant= to load the plain weights"
+            )
         settings = {k: index[k] for k in cls._config_only_arguments() if k in index}
         settings.update(overrides)
         return cls(**loaded, **settings)
@@ -334,6 +340,7 @@ class DiffusionPipeline(ConfigMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
                         variant: str | None = None, max_shard_size: int | str | None = None, **kwargs: Any) -> None:
         """Write ``model_index.json`` and every component; nothing is left behind if it fails."""
+        shard_size_bytes(max_shard_size or "10GB")
         with atomic_folder(save_directory) as staging:
             index = {"_class_name": type(self).__name__, "_diffusers_version": FORMAT_VERSION}
             index.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()})
@@ -357,6 +364,18 @@ def _library_and_class(component: Any) -> tuple[str | None, str | None]:
     if sfumato._EXPORTS.get(klass.__name__) == klass.__module__ or klass.__module__.startswith("sfumato."):
         return (reference_library(klass.__name__), klass.__name__)
     return (klass.__module__.split(".")[0], klass.__name__)
+
+
+def _available_device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"to(): {device!r} is not a device ({error})") from None
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ValueError(f"to({str(device)!r}): this PyTorch build or machine has no {device.type} device; "
+                         f"use 'cpu'")
+    return device
 
 
 def _module_device(module: nn.Module) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Sequence
 
@@ -43,9 +44,16 @@ def positive_int(name: str, value: Any) -> int:
 
 
 def number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """NaN or infinite values would run through every model and give black or NaN pictures silently."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; every value must be a finite number")
+    return tensor
 
 
 def one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -85,7 +93,7 @@ def as_batch(name: str, value: Any, ndim: int) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
-    return value
+    return finite(name, value)
 
 
 def embeds_pair(image_embeds: Any, negative_image_embeds: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +136,18 @@ def hint(value: Any, batch: int, size: tuple[int, int]) -> torch.Tensor:
                          f"need {tuple(size)}")
     batch_matches("hint", value.shape[0], batch)
     return value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value
+
+
+def generators(value: Any, samples: int) -> None:
+    """``generator``: None, one ``torch.Generator``, or a list of exactly one per sample."""
+    if value is None or isinstance(value, torch.Generator):
+        return
+    if isinstance(value, (list, tuple)) and value and all(isinstance(g, torch.Generator) for g in value):
+        if len(value) not in (1, samples):
+            raise ValueError(f"generator is a list of {len(value)} generators, but this call makes {samples} samples; "
+                             f"pass one generator or exactly {samples}")
+        return
+    raise TypeError(f"generator must be a torch.Generator or a list of them, got {value!r:.80}")
 
 
 def callback_names(pipeline: Any, names: Sequence[str] | None) -> list[str]:

@@ -93,6 +93,13 @@ def per_embedding(name: str, pictures: Any, prompts: int, num_images_per_prompt:
     import numpy as np
     import PIL.Image
 
+    if pictures is None:
+        raise ValueError(f"{name} is required, got None")
+    if not isinstance(pictures, (torch.Tensor, np.ndarray, PIL.Image.Image, list, tuple)):
+        raise TypeError(f"{name} must be a PIL image, a numpy array, a torch tensor or a list of them, "
+                        f"got {type(pictures).__name__}")
+    if isinstance(pictures, (list, tuple)) and not pictures:
+        raise ValueError(f"{name} is an empty list; pass at least one picture")
     if isinstance(pictures, (torch.Tensor, np.ndarray)) and not (pictures.ndim == 4 and pictures.shape[0] > 1):
         return pictures  # one picture for everything: the decoder broadcasts it
     if isinstance(pictures, PIL.Image.Image):

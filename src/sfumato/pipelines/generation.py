@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .. import limits
 from ..image.processor import OUTPUT_TYPES
 from . import checks
 from .base import DiffusionPipeline, ImagePipelineOutput
@@ -73,6 +74,10 @@ class Request:
         checks.callable_or_none("callback_on_step_end", self.callback_on_step_end)
         checks.callable_or_none("callback", self.callback)
         checks.callback_names(pipeline, self.callback_on_step_end_tensor_inputs)
+        if self.latents is not None:
+            if not isinstance(self.latents, torch.Tensor):
+                raise TypeError(f"latents must be a torch.Tensor or None, got {type(self.latents).__name__}")
+            checks.finite("latents", self.latents)
 
     def step_callback(self, scheduler: Any) -> Callable | None:
         """One ``callback_on_step_end``, with the legacy ``callback`` folded in."""
@@ -130,6 +135,9 @@ class GenerationPipeline(DiffusionPipeline):
         # 1. everything that can be wrong is found before any model runs
         request.check(self)
         batch = self.check_conditioning(conditioning, request)
+        limits.check_request(pictures=batch * request.num_images_per_prompt, height=request.height,
+                             width=request.width, dtype_size=self.model_dtype.itemsize)
+        checks.generators(request.generator, batch * request.num_images_per_prompt)
         task.check(self, request, batch)
         callback = request.step_callback(self.scheduler)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..outputs import BaseOutput
+from .. import limits
 from . import checks
 from .base import DiffusionPipeline
 from .text import encode_with_negatives, tokenize
@@ -82,6 +83,7 @@ class ImageEmbeddingPrior(DiffusionPipeline):
         negative_prompt = None if negative_prompt is None else checks.prompts("negative_prompt", negative_prompt)
         checks.positive_int("num_inference_steps", num_inference_steps)
         checks.positive_int("num_images_per_prompt", num_images_per_prompt)
+        limits.check_count(len(prompt) * num_images_per_prompt)
         checks.number("guidance_scale", guidance_scale)
         checks.one_of("output_type", output_type, ["pt", "np"])
         if strength is not None:
@@ -95,10 +97,17 @@ class ImageEmbeddingPrior(DiffusionPipeline):
             negative_prompt = negative_prompt * (len(prompt) // len(negative_prompt))
             prompt, negative_prompt = prompt + negative_prompt, 2 * negative_prompt
 
+        batch = len(prompt) * num_images_per_prompt
+        checks.generators(generator, batch)
+        if latents is not None:
+            latents = checks.as_batch("latents", latents, 2)
+            if tuple(latents.shape) != (batch, self.prior.config.embedding_dim):
+                raise ValueError(f"latents has shape {tuple(latents.shape)}, but this call needs "
+                                 f"{(batch, self.prior.config.embedding_dim)}")
+
         device = self._execution_device
         self._guidance_scale = guidance_scale
         guided = self.do_classifier_free_guidance
-        batch = len(prompt) * num_images_per_prompt
         embeds, states, mask = self.encode_prompt(prompt=prompt, device=device, guided=guided,
                                                   num_images_per_prompt=num_images_per_prompt,
                                                   negative_prompt=negative_prompt)
@@ -166,6 +175,8 @@ class ImageEmbeddingPrior(DiffusionPipeline):
                              f"{len(weights)}; give one weight per item")
         if not images_and_prompts:
             raise ValueError("images_and_prompts must not be empty")
+        for index, weight in enumerate(weights):
+            checks.number(f"weights[{index}]", weight)
         device = device or self.device
         weighted = []
         for item, weight in zip(images_and_prompts, weights):

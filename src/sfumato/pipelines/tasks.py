@@ -46,7 +46,7 @@ class ImageToImage:
 
     def check(self, pipeline: Any, request: Request, batch: int) -> None:
         checks.strength(self.strength, request.num_inference_steps)
-        self.pixels = pipeline.preprocess_pictures(self.image, request.height, request.width)
+        self.pixels = checks.finite("image", pipeline.preprocess_pictures(self.image, request.height, request.width))
         checks.batch_matches("image", self.pixels.shape[0], batch)
 
     def start(self, pipeline: Any, request: Request, batch: int) -> Start:
@@ -73,6 +73,8 @@ class Inpaint:
 
     def check(self, pipeline: Any, request: Request, batch: int) -> None:
         self.keep, self.pixels = pipeline.inpaint_pixels(self.image, self.mask_image, request.height, request.width)
+        checks.finite("image", self.pixels)
+        checks.finite("mask_image", self.keep)
         checks.batch_matches("image", self.pixels.shape[0], batch)
         checks.batch_matches("mask_image", self.keep.shape[0], batch)
 
