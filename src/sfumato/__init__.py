@@ -39,7 +39,11 @@ _export(
     "KarrasDiffusionSchedulers",
 )
 _export("models.unet_2d_condition", "UNet2DConditionModel")
+_export("models.controlnet", "ControlNetModel")
+_export("models.unet_kandinsky3", "Kandinsky3UNet")
 _export("models.vq_model", "VQModel")
+_export("models.autoencoder_kl", "AutoencoderKL")
+_export("models.safety_checker", "StableDiffusionSafetyChecker")
 _export("models.prior_transformer", "PriorTransformer")
 _export("models.multilingual_clip", "MultilingualCLIP", "MCLIPConfig")
 _export("pipelines.base", "DiffusionPipeline", "ImagePipelineOutput")
@@ -67,6 +71,14 @@ _export(
     "KandinskyInpaintCombinedPipeline",
 )
 _export("pipelines.prior", "KandinskyPriorPipelineOutput")
+_export(
+    "pipelines.stable_diffusion",
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionPipelineOutput",
+)
+_export("pipelines.kandinsky3", "Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 
 _SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata"}

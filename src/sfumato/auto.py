@@ -5,6 +5,10 @@ belongs to a model family (Stable Diffusion, SDXL, Kandinsky 2.1 / 2.2 / 3),
 and the family has one pipeline per task. Kandinsky decoders load as the
 family's combined pipeline (prior + decoder), the prior coming from the
 pipeline named in the folder's model card, as the hub repos do it.
+
+The tables below are also what the command line asks (torch is not imported
+until a pipeline loads): which family and task a checkpoint's pipeline class
+has, and which classes a family offers.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .checkpoint import read_json, resolve_folder, split_hub_kwargs
-
 TEXT2IMAGE, IMAGE2IMAGE, INPAINT = "text2image", "image2image", "inpaint"
+# tasks of pipelines that no AutoPipeline picks: priors (prompt -> image embeddings) and ControlNet decoders
+PRIOR, CONTROLNET = "prior", "controlnet"
 
 # family -> task -> pipeline class name (the full pipeline a user wants for that task)
 FAMILIES: dict[str, dict[str, str]] = {
@@ -35,17 +39,51 @@ DECODERS: dict[str, dict[str, str]] = {
     "kandinsky22": {TEXT2IMAGE: "KandinskyV22Pipeline", IMAGE2IMAGE: "KandinskyV22Img2ImgPipeline",
                     INPAINT: "KandinskyV22InpaintPipeline"},
 }
+# the ControlNet decoders (hint + image embeddings), per task
+CONTROLNETS: dict[str, dict[str, str]] = {
+    "kandinsky22": {TEXT2IMAGE: "KandinskyV22ControlnetPipeline", IMAGE2IMAGE: "KandinskyV22ControlnetImg2ImgPipeline"},
+}
+# the priors of the two-stage families: prompt (or picture) -> image embeddings
+PRIORS: dict[str, tuple[str, ...]] = {
+    "kandinsky": ("KandinskyPriorPipeline",),
+    "kandinsky22": ("KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline"),
+}
 
 
 def family_of(class_name: str) -> tuple[str, bool]:
-    """The family a pipeline class belongs to, and whether it is a decoder-only pipeline."""
+    """The family a pipeline class belongs to, and whether it is a decoder-only pipeline.
+
+    Priors belong to no AutoPipeline (they make image embeddings, not pictures): a ``ValueError``.
+    """
+    family, is_decoder, task = describe(class_name)
+    if task == PRIOR:
+        raise ValueError(f"{class_name} is a prior (prompt -> image embeddings); AutoPipelines load the decoder "
+                         f"or combined pipeline of the {family!r} family")
+    return family, is_decoder
+
+
+def task_of(class_name: str) -> str:
+    """What a pipeline class does: ``text2image``, ``image2image``, ``inpaint``, ``controlnet`` or ``prior``.
+
+    A ControlNet decoder is ``controlnet`` whatever its task; a combined
+    pipeline and its decoder have the same task.
+    """
+    return describe(class_name)[2]
+
+
+def describe(class_name: str) -> tuple[str, bool, str]:
+    """(family, is a decoder without its prior, task) of a pipeline class."""
     for table, is_decoder in ((FAMILIES, False), (DECODERS, True)):
         for family, tasks in table.items():
-            if class_name in tasks.values():
-                return family, is_decoder
-    extra = {"KandinskyV22ControlnetPipeline": "kandinsky22", "KandinskyV22ControlnetImg2ImgPipeline": "kandinsky22"}
-    if class_name in extra:
-        return extra[class_name], True
+            for task, name in tasks.items():
+                if name == class_name:
+                    return family, is_decoder, task
+    for family, tasks in CONTROLNETS.items():
+        if class_name in tasks.values():
+            return family, True, CONTROLNET
+    for family, names in PRIORS.items():
+        if class_name in names:
+            return family, False, PRIOR
     raise ValueError(f"no AutoPipeline family knows pipeline class {class_name!r}; "
                      f"known families: {sorted(FAMILIES)}")
 
@@ -77,6 +115,8 @@ class _AutoPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any):
         """Load the checkpoint as this task's pipeline of its family."""
+        from .checkpoint import read_json, resolve_folder, split_hub_kwargs
+
         hub_kwargs = split_hub_kwargs(dict(kwargs))
         folder = resolve_folder(pretrained_model_or_path, allow_patterns=["model_index.json"], **hub_kwargs)
         index = read_json(folder / "model_index.json", what="pipeline index (model_index.json)")

@@ -1,10 +1,17 @@
-"""A tiny random-weight model in the built-in model's layout, made with sfumato's own classes.
+"""Tiny random-weight checkpoints for the command line's tests.
 
-``build(root)`` writes ``root/{prior,decoder,inpaint,controlnet}/``: one
-Kandinsky 2.2 prior and three decoders (text-to-image, inpainting with a
-9-channel UNet, ControlNet with an ``image_hint`` UNet), each decoder with a
-README naming ``../prior`` and a ``sfumato_defaults.json`` of two steps at
-64x64, so every command runs in a fraction of a second on a CPU.
+``build(root)`` writes ``root/{prior,decoder,inpaint,controlnet}/`` in the
+built-in model's layout, made with sfumato's own classes: one Kandinsky 2.2
+prior and three decoders (text-to-image, inpainting with a 9-channel UNet,
+ControlNet with an ``image_hint`` UNet), each decoder with a README naming
+``../prior`` and a ``sfumato_defaults.json`` of two steps at 64x64, so every
+command runs in a fraction of a second on a CPU. Like the built-in model (and
+the released Kandinsky decoders), the UNets predict their variance (8 output
+channels) and the decoders' DDPM scheduler says ``variance_type: learned_range``.
+
+``build_kandinsky21(root)`` writes ``root/{prior,decoder,inpaint}/``: tiny
+Kandinsky 2.1 checkpoints in the reference's layout (built by the 2.1 pipeline
+tests' builders), the decoders' READMEs naming ``../prior``.
 """
 
 from __future__ import annotations
@@ -83,11 +90,29 @@ def build(root: Path) -> Path:
     root = Path(root)
     _prior(root / "prior")
     scheduler = sfumato.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085,
-                                      beta_end=0.012, clip_sample=False, steps_offset=1, prediction_type="epsilon")
+                                      beta_end=0.012, clip_sample=False, steps_offset=1, prediction_type="epsilon",
+                                      variance_type="learned_range")
     classes = {"decoder": sfumato.KandinskyV22Pipeline, "inpaint": sfumato.KandinskyV22InpaintPipeline,
                "controlnet": sfumato.KandinskyV22ControlnetPipeline}
     for seed, (name, cls) in enumerate(classes.items(), start=3):
         cls(unet=_unet(name, seed), scheduler=scheduler, movq=_movq()).save_pretrained(root / name)
         (root / name / "README.md").write_text("---\nprior:\n- ../prior\n---\n\nA tiny test model.\n")
         (root / name / "sfumato_defaults.json").write_text(json.dumps(DEFAULTS))
+    return root
+
+
+# Kandinsky 2.1: a 2x MoVQ, so 32x32 pictures (16x16 latents) keep every command fast
+DEFAULTS_21 = dict(num_inference_steps=2, guidance_scale=4.0, prior_num_inference_steps=2, prior_guidance_scale=4.0,
+                   height=32, width=32)
+
+
+def build_kandinsky21(root: Path) -> Path:
+    from ..pipelines.kandinsky2_1 import builders as v21
+
+    root = Path(root)
+    v21.save_prior(root / "prior", v21.PRIOR_CONFIGS["small"])
+    for kind, name in (("text2img", "decoder"), ("inpaint", "inpaint")):
+        v21.save_decoder(root / name, v21.DECODER_CONFIGS["small"], kind)
+        (root / name / "README.md").write_text("---\nprior:\n- ../prior\n---\n\nA tiny 2.1 test model.\n")
+        (root / name / "sfumato_defaults.json").write_text(json.dumps(DEFAULTS_21))
     return root

@@ -29,6 +29,12 @@ def model_root(tmp_path_factory):
         os.environ["SFUMATO_BUILTIN_MODEL"] = old_env
 
 
+@pytest.fixture(scope="session")
+def kandinsky21_root(tmp_path_factory, model_root):
+    """Tiny Kandinsky 2.1 folders: prior/, decoder/ and inpaint/ (decoders name ../prior)."""
+    return builders.build_kandinsky21(tmp_path_factory.mktemp("kandinsky21"))
+
+
 @dataclass
 class Result:
     code: int

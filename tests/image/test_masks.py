@@ -206,3 +206,55 @@ def test_apply_overlay_and_blur_match_reference(crop):
     theirs = Reference().apply_overlay(mask, init_image, generated, crop)
     assert ours.mode == theirs.mode == "RGB" and ours.size == (64, 48)
     assert np.array_equal(np.array(ours), np.array(theirs))
+
+
+# --- keep_unmasked: the original's pixels back outside the mask, with a soft seam ---------------
+
+
+def _half_mask(width=32, height=32):
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, width // 2:] = 255  # repaint the right half
+    return PIL.Image.fromarray(mask)
+
+
+def test_keep_unmasked_keeps_every_kept_pixel_and_fades_in_inside_the_mask():
+    from sfumato.image import keep_unmasked
+
+    original, generated, mask = _picture(32, 32, seed=1), _picture(32, 32, seed=2), _half_mask()
+    result = keep_unmasked(generated, original, mask, blur_radius=2)
+    out, old, new = (np.asarray(p, dtype=np.int16) for p in (result, original, generated))
+    assert result.mode == "RGB" and result.size == (32, 32)
+    assert np.array_equal(out[:, :16], old[:, :16])  # the kept half is the original, exactly
+    assert np.array_equal(out[:, 24:], new[:, 24:])  # deep inside the mask: the new picture
+    # the seam: from the original towards the new picture, column by column
+    share = [float(np.mean((out[:, c] - old[:, c]) / np.where(new[:, c] == old[:, c], 1, new[:, c] - old[:, c])))
+             for c in range(16, 24)]
+    assert 0 <= share[0] < 0.4 and share[-1] > 0.95 and all(a <= b + 0.05 for a, b in zip(share, share[1:]))
+
+
+def test_keep_unmasked_hard_edge_sizes_and_batches():
+    from sfumato.image import keep_unmasked
+
+    original, mask = _picture(64, 64, seed=3), _half_mask(64, 64)
+    generated = [_picture(32, 32, seed=4), _picture(32, 32, seed=5)]
+    results = keep_unmasked(generated, original, mask, blur_radius=0)
+    assert isinstance(results, list) and len(results) == 2
+    resized = np.asarray(original.resize((32, 32), resample=PIL.Image.Resampling.BICUBIC, reducing_gap=1))
+    for result, new in zip(results, generated):
+        out = np.asarray(result)
+        assert np.array_equal(out[:, :16], resized[:, :16]) and np.array_equal(out[:, 16:], np.asarray(new)[:, 16:])
+    # a grey mask below one half keeps, as the pipelines binarize it
+    grey = PIL.Image.new("L", (32, 32), 127)
+    assert np.array_equal(np.asarray(keep_unmasked(generated[0], generated[1], grey)), np.asarray(generated[1]))
+
+
+def test_keep_unmasked_bad_input():
+    from sfumato.image import keep_unmasked
+
+    picture = _picture(8, 8)
+    with pytest.raises(TypeError, match="generated"):
+        keep_unmasked(np.zeros((8, 8, 3)), picture, picture)
+    with pytest.raises(ValueError, match="mask_image has 2 pictures for 3"):
+        keep_unmasked([picture] * 3, picture, [picture, picture])
+    with pytest.raises(ValueError, match="blur_radius"):
+        keep_unmasked(picture, picture, picture, blur_radius=-1)

@@ -162,3 +162,36 @@ def test_variance_channels_kept_only_for_schedulers_that_use_them():
         seen.clear()
         denoise(ToyPipeline(scheduler), latents=torch.ones(1, 4, 2, 2), timesteps=scheduler.timesteps, predict=model)
         assert seen == [channels, channels]
+
+
+def test_eta_reaches_only_schedulers_that_take_it():
+    """eta is DDIM's; a scheduler says it takes it (accepts_eta) and the others never see it."""
+    seen = []
+
+    class WithEta(ToyScheduler):
+        accepts_eta = True
+
+        def step(self, output, t, sample, generator=None, eta=None):
+            seen.append(eta)
+            return super().step(output, t, sample)
+
+    class WithoutEta(ToyScheduler):
+        def step(self, output, t, sample, generator=None):  # would fail if given eta
+            seen.append("no eta")
+            return super().step(output, t, sample)
+
+    for scheduler in (WithEta(steps=2), WithoutEta(steps=2)):
+        denoise(ToyPipeline(scheduler), latents=torch.ones(1, 4, 2, 2), timesteps=scheduler.timesteps,
+                predict=lambda x, t, s: x, eta=0.3)
+    assert seen == [0.3, 0.3, "no eta", "no eta"]
+
+
+def test_guidance_rescale_matches_the_reference_formula():
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    from sfumato.pipelines.loop import rescale_guidance
+
+    generator = torch.Generator().manual_seed(3)
+    guided, cond = torch.randn(2, 4, 5, 5, generator=generator), torch.randn(2, 4, 5, 5, generator=generator)
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), rescale_noise_cfg(guided, cond, 0.7),
+                               rtol=0, atol=1e-6)

@@ -9,10 +9,13 @@ library load in the other.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +187,89 @@ def write_text_atomic(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- checking configs
+
+# config fields by name: sizes must be positive whole numbers (or lists of them), counts of layers bounded,
+# so a hostile or broken config.json gets a clear error before anything is built from it
+_POSITIVE_SIZE = re.compile(r"(^num_(?!class_embeds).*|channels|_dim|_dims|heads|groups|kernel|"
+                            r"_size|timesteps|layers_per_block|num_layers)$")
+# sizes that must be given (None would only fail deep inside a constructor), and those that must be lists
+_REQUIRED_SIZES = {"block_out_channels", "layers_per_block", "num_train_timesteps", "num_vq_embeddings",
+                   "latent_channels", "in_channels", "out_channels"}
+_LIST_SIZES = {"block_out_channels"}
+_NON_NEGATIVE_INT = {"steps_offset": 10_000, "additional_embeddings": 1024}
+_LAYER_COUNT = re.compile(r"(layers|layers_per_block)$")
+_MAX_LAYERS = 128
+_MAX_LEVELS = 16
+_MAX_WIDTH = 1 << 20
+_MAX_TIMESTEPS = 100_000
+_UNIT_INTERVAL = ("beta_start", "beta_end")
+_POSITIVE_FLOAT = ("clip_sample_range", "sample_max_value", "scaling_factor")
+
+
+def check_config_values(config: dict, source: str) -> None:
+    """Refuse config values of the wrong type, sign or size, naming ``source`` (the file) and the field."""
+    for name, value in config.items():
+        where = f"{source}: {name}"
+        if value is None and name in _REQUIRED_SIZES:
+            raise CheckpointError(f"{where} must be given, got null")
+        if name.startswith("_") or value is None:
+            continue
+        if name in _LIST_SIZES and not isinstance(value, (list, tuple)):
+            raise CheckpointError(f"{where} must be a list with one value per level, got {value!r:.60}")
+        if name in _NON_NEGATIVE_INT:
+            limit = _NON_NEGATIVE_INT[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+                raise CheckpointError(f"{where} must be a whole number from 0 to {limit}, got {value!r:.60}")
+        elif _POSITIVE_SIZE.search(name):
+            _check_sizes(where, name, value)
+        elif name in _UNIT_INTERVAL:
+            _check_float(where, value, low=0.0, high=1.0)
+        elif name in _POSITIVE_FLOAT:
+            _check_float(where, value, low=0.0, high=float("inf"))
+        elif name == "trained_betas":
+            if not isinstance(value, (list, tuple)) or not value:
+                raise CheckpointError(f"{where} must be a non-empty list of betas in (0, 1), got {value!r:.60}")
+            for beta in value:
+                _check_float(where, beta, low=0.0, high=1.0)
+    groups = config.get("norm_num_groups")
+    widths = config.get("block_out_channels")
+    if isinstance(groups, int) and isinstance(widths, (list, tuple)):
+        odd = [w for w in widths if isinstance(w, int) and w % groups]
+        if odd:
+            raise CheckpointError(f"{source}: block_out_channels {list(widths)} must all be multiples of "
+                                  f"norm_num_groups={groups}; {odd} are not")
+
+
+def _check_sizes(where: str, name: str, value: Any) -> None:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and not 0 < len(values) <= _MAX_LEVELS:
+        raise CheckpointError(f"{where} must list 1 to {_MAX_LEVELS} values, got {len(values)}")
+    limit = _MAX_LAYERS if _LAYER_COUNT.search(name) else _MAX_TIMESTEPS if name.endswith("timesteps") else _MAX_WIDTH
+    for item in values:
+        if isinstance(item, (list, tuple)):  # per-block lists of per-layer values
+            _check_sizes(where, name, item)
+            continue
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= limit:
+            raise CheckpointError(f"{where} must be a whole number from 1 to {limit} (or a list of them), "
+                                  f"got {value!r:.80}")
+
+
+def _check_float(where: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low < value <= high:
+        raise CheckpointError(f"{where} must be a number in ({low}, {high}], got {value!r:.60}")
+
+
+@contextlib.contextmanager
+def config_errors_name(path: Path):
+    """Errors from building an object out of a config file are reported against that file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError, IndexError, KeyError, OverflowError,
+            AttributeError) as error:
+        raise CheckpointError(f"{str(path)!r} describes something that cannot be built: {error}") from None

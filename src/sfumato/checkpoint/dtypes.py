@@ -35,3 +35,15 @@ def dtype_for(component: str, torch_dtype: Any) -> torch.dtype | None:
         value = torch_dtype.get(component, torch_dtype.get("default"))
         return parse_dtype(value, f"torch_dtype[{component!r}]")
     return parse_dtype(torch_dtype)
+
+
+def available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, refused with a clear error when this machine has no such device."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{device!r} is not a device ({error}); use e.g. 'cpu' or 'cuda'") from None
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ValueError(f"{str(device)!r}: this PyTorch build or machine has no {device.type} device; use 'cpu'")
+    return device

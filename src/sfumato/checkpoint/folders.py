@@ -65,12 +65,15 @@ def connected_pipeline(folder: str | os.PathLike, prefix: str = "prior") -> str 
     except Exception as error:  # huggingface_hub raises several types for broken YAML
         raise CheckpointError(f"model card {str(readme)!r} has front matter that cannot be read "
                               f"({type(error).__name__}: {str(error)[:200]}); fix or remove its YAML block") from None
-    sources = getattr(data, prefix, None) or []
-    source = sources[0] if isinstance(sources, list) and sources else sources
-    if not source or not isinstance(source, str):
+    sources = getattr(data, prefix, None)
+    if sources is None or sources == []:
         return None
-    local = Path(folder) / source
-    if not Path(source).is_absolute() and local.is_dir():
+    source = sources[0] if isinstance(sources, list) else sources
+    if not isinstance(source, str) or not source.strip():
+        raise CheckpointError(f"model card {str(readme)!r}: {prefix} must name a folder or hub id "
+                              f"(e.g. '{prefix}: [../{prefix}]'), got {sources!r:.80}")
+    local = Path(folder) / source  # an absolute source stays itself
+    if local.is_dir():
         if local.resolve() == Path(folder).resolve():
             raise CheckpointError(f"model card {str(readme)!r} names its own folder as its {prefix} "
                                   f"({source!r}); it must name the {prefix} pipeline's folder")

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigMixin, read_json
-from .dtypes import parse_dtype
+from .config import ConfigMixin, check_config_values, config_errors_name, read_json
+from .dtypes import available_device, parse_dtype
 from .errors import CheckpointError
 from .folders import atomic_folder
 from .hub import resolve_folder, split_hub_kwargs
-from .weights import find_weights, read_state_dict, shard_size_bytes, write_state_dict
+from .weights import check_variant, find_weights, read_state_dict, shard_size_bytes, write_state_dict
 
 
 class ModelMixin(nn.Module, ConfigMixin):
@@ -62,6 +62,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         if "dtype" in kwargs:  # the reference's newer spelling of torch_dtype
             torch_dtype = kwargs.pop("dtype")
         dtype = parse_dtype(torch_dtype) or torch.float32
+        check_variant(variant)
         hub_kwargs = split_hub_kwargs(kwargs)
         for ignored in ("low_cpu_mem_usage", "device_map", "output_loading_info"):
             kwargs.pop(ignored, None)
@@ -70,14 +71,24 @@ class ModelMixin(nn.Module, ConfigMixin):
             prefix = f"{subfolder}/" if subfolder else ""
             patterns = [f"{prefix}*.json", f"{prefix}*.safetensors"] if use_safetensors is not False else None
         folder = resolve_folder(pretrained_model_name_or_path, subfolder, allow_patterns=patterns, **hub_kwargs)
-        config = read_json(folder / cls.config_name, what=f"{cls.__name__} config")
+        config_file = folder / cls.config_name
+        config = read_json(config_file, what=f"{cls.__name__} config")
         config.update(kwargs)  # config fields given as keywords override the file
+        check_config_values(config, str(config_file))
         files = find_weights(folder, variant=variant, use_safetensors=use_safetensors)
-        with torch.device("meta"):
+        with torch.device("meta"), config_errors_name(config_file):
             model = cls.from_config(config)
-        state = read_state_dict(files)
+        # converted while read, file by file: the model never exists twice in memory
+        state = read_state_dict(files, dtype=dtype)
         model.load_weights(state, source=str(folder), dtype=dtype)
         return model.eval()
+
+    def to(self, *args: Any, **kwargs: Any):
+        """``nn.Module.to``, with a clear error for a device this machine does not have."""
+        for value in (*args, kwargs.get("device")):
+            if isinstance(value, (str, torch.device)):
+                available_device(value)
+        return super().to(*args, **kwargs)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict",
                      dtype: torch.dtype | None = None) -> None:
@@ -125,6 +136,7 @@ class ModelMixin(nn.Module, ConfigMixin):
     ) -> None:
         """Write ``config.json`` and the weights; a failure leaves ``save_directory`` untouched."""
         shard_size_bytes(max_shard_size)
+        check_variant(variant)
         with atomic_folder(save_directory) as staging:
             self.write_pretrained(staging, safe_serialization, variant, max_shard_size)
 

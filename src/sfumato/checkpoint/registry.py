@@ -14,7 +14,7 @@ _FOREIGN_LIBRARIES = {"transformers"}
 
 # classes the reference keeps inside one of its pipeline packages rather than at its top level; its
 # model_index.json names that package as the library (``["kandinsky", "MultilingualCLIP"]``)
-_REFERENCE_PACKAGES = {"MultilingualCLIP": "kandinsky"}
+_REFERENCE_PACKAGES = {"MultilingualCLIP": "kandinsky", "StableDiffusionSafetyChecker": "stable_diffusion"}
 
 
 def reference_library(class_name: str) -> str:
@@ -26,7 +26,12 @@ def resolve_class(library: str | None, class_name: str, component: str = "compon
     """``("diffusers", "VQModel")`` -> ``sfumato.VQModel``; ``("transformers", X)`` -> ``transformers.X``.
 
     ``("kandinsky", "MultilingualCLIP")`` (the reference's pipeline package) -> ``sfumato.MultilingualCLIP``.
+    Only classes that load from a folder are resolved; transformers' ``Auto*`` classes are refused
+    because they can run code shipped inside a checkpoint.
     """
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise CheckpointError(f"{component!r} names class {class_name!r}; a class name must be a string such as "
+                              f"'UNet2DConditionModel'")
     if library in _OWN_LIBRARIES or library is None or _REFERENCE_PACKAGES.get(class_name) == library:
         import sfumato
 
@@ -34,17 +39,31 @@ def resolve_class(library: str | None, class_name: str, component: str = "compon
             raise CheckpointError(
                 f"{component!r} names class {class_name!r} from {library!r}, which sfumato does not provide"
             )
-        return getattr(sfumato, class_name)
-    if library not in _FOREIGN_LIBRARIES or not isinstance(class_name, str) or not class_name.isidentifier():
+        return _loadable(getattr(sfumato, class_name), library, class_name, component)
+    if library not in _FOREIGN_LIBRARIES:
         raise CheckpointError(
             f"{component!r} names [{library!r}, {class_name!r}]; a checkpoint may only name sfumato's own classes "
             f"(as 'diffusers') or classes of {sorted(_FOREIGN_LIBRARIES)}"
+        )
+    if class_name.startswith("Auto"):
+        raise CheckpointError(
+            f"{component!r} names [{library!r}, {class_name!r}]; name the concrete class (e.g. CLIPTextModel): "
+            f"{library}'s Auto classes can run code that ships inside a checkpoint"
         )
     try:
         module = importlib.import_module(library)
     except ImportError:
         raise CheckpointError(f"{component!r} needs library {library!r}, which is not installed") from None
     try:
-        return getattr(module, class_name)
+        klass = getattr(module, class_name)
     except AttributeError:
         raise CheckpointError(f"{component!r} names class {class_name!r}, which {library!r} does not have") from None
+    return _loadable(klass, library, class_name, component)
+
+
+def _loadable(klass: object, library: str | None, class_name: str, component: str) -> type:
+    """Only classes that can be read from a folder (models, schedulers, tokenizers, processors) are components."""
+    if not isinstance(klass, type) or not (hasattr(klass, "from_pretrained") or hasattr(klass, "from_config")):
+        raise CheckpointError(f"{component!r} names [{library!r}, {class_name!r}], which is not a class that "
+                              f"loads from a folder (a model, scheduler, tokenizer or processor)")
+    return klass

@@ -19,6 +19,16 @@ from .errors import CheckpointError
 WEIGHTS_STEM = "diffusion_pytorch_model"
 
 
+def check_variant(variant: str | None) -> str | None:
+    """A variant is a short name such as ``fp16`` that becomes part of file names: nothing that leaves a folder."""
+    import re
+
+    if variant is not None and (not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", variant)):
+        raise ValueError(f"variant must be a short name of letters, digits, '-' or '_' such as 'fp16', "
+                         f"got {variant!r:.60}")
+    return variant
+
+
 def with_variant(filename: str, variant: str | None) -> str:
     """``a.b.safetensors`` with variant ``fp16`` -> ``a.b.fp16.safetensors``."""
     if not variant:
@@ -53,10 +63,9 @@ def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool
 
 
 def _shards_from_index(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"shard index {str(index)!r} is not a valid index file ({error})") from None
+    from .config import read_json
+
+    weight_map = read_json(index, what="shard index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"shard index {str(index)!r}: weight_map must map tensor names to file names")
     names = sorted(set(weight_map.values()))
@@ -72,20 +81,30 @@ def _shards_from_index(index: Path) -> list[Path]:
     return shards
 
 
-def read_state_dict(files: list[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read and merge the tensors of every file; pickle files only with ``weights_only=True``."""
+def read_state_dict(files: list[Path], device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Read and merge the tensors of every file; pickle files only with ``weights_only=True``.
+
+    With ``dtype``, floating tensors come back in that dtype, converted file by
+    file and tensor by tensor, so a model never exists twice in memory: a
+    safetensors file already in ``dtype`` is memory-mapped (its tensors are the
+    file's pages, no copy); any other is read one tensor at a time, each
+    converted before the next is read.
+    """
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(_read_one(path, device))
+        state.update(_read_one(path, device, dtype))
     return state
 
 
-def _read_one(path: Path, device) -> dict[str, torch.Tensor]:
+def _read_one(path: Path, device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
+            if dtype is not None and str(device) == "cpu" and not _safetensors_in_dtype(path, dtype):
+                return _read_safetensors_converted(path, dtype)
             return load_file(str(path), device=str(device))
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             size = path.stat().st_size if path.exists() else 0
@@ -98,6 +117,71 @@ def _read_one(path: Path, device) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {str(path)!r} could not be read safely: {error}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    if dtype is not None:
+        for name, tensor in state.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                state[name] = tensor.to(dtype)
+    return state
+
+
+# safetensors dtype names -> torch dtypes
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, byte range) and where data starts."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError(f"header size {size} is not plausible")
+        header = json.loads(handle.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _safetensors_in_dtype(path: Path, dtype: torch.dtype) -> bool:
+    """Whether every floating tensor of the file is stored in ``dtype`` already (so it can be mapped as is)."""
+    header, _ = _safetensors_header(path)
+    for info in header.values():
+        stored = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if stored is None:
+            return True  # a dtype we do not read ourselves: leave the file to safetensors
+        if stored.is_floating_point and stored != dtype:
+            return False
+    return True
+
+
+def _read_safetensors_converted(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, read one at a time (not mapped) and floating ones converted to ``dtype``.
+
+    Only one tensor in the file's dtype exists at a time; the file's pages stay
+    in the page cache instead of the process.
+    """
+    import sys
+
+    if sys.byteorder != "little":  # safetensors is little-endian; let the library swap bytes
+        from safetensors.torch import load_file
+
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    header, data_start = _safetensors_header(path)
+    state: dict[str, torch.Tensor] = {}
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            stored = _SAFETENSORS_DTYPES[info["dtype"]]
+            begin, end = info["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            handle.seek(data_start + begin)
+            if end > begin and handle.readinto(raw.numpy()) != end - begin:
+                raise ValueError(f"tensor {name!r} ends past the end of the file")
+            tensor = raw.view(stored).reshape(info["shape"])
+            state[name] = tensor.to(dtype) if stored.is_floating_point else tensor
+            del raw, tensor
     return state
 
 

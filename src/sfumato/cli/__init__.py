@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "or reproduce (see `sfumato --help`)")
         from .commands import COMMANDS
 
-        with _library_output(quiet=getattr(args, "quiet", False), loads_models=args.command != "info"):
+        with _library_output(quiet=getattr(args, "quiet", False)):
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("sfumato: interrupted", file=sys.stderr)
@@ -77,24 +77,39 @@ def _describe(error: BaseException) -> str:
     return message
 
 
+class _OneLine(logging.Formatter):
+    """``sfumato: warning: message`` on one line, as the command line's own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"sfumato: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+# undo functions of the running command's _library_output (a stack: main() may be called inside main())
+_UNDO: list[list] = []
+
+
 @contextlib.contextmanager
-def _library_output(quiet: bool, loads_models: bool = True) -> Iterator[None]:
+def _library_output(quiet: bool) -> Iterator[None]:
     """Keep other libraries' chatter off the terminal while a command runs, and restore it afterwards.
 
     transformers' per-model loading bars and advice (e.g. to install
     torchvision) mean nothing to someone running a command; sfumato shows
-    its own loading bar instead. With ``quiet`` sfumato's warnings (e.g. a
-    truncated prompt) and Python warnings are silenced too.
+    its own loading bar instead (transformers is quieted by
+    :func:`quiet_transformers` once models load: importing it takes most of a
+    second, which checks of the arguments should not wait for). With ``quiet``
+    sfumato's warnings (e.g. a truncated prompt) and Python warnings are
+    silenced too.
     """
-    restore = []
-    if loads_models and _importable("transformers"):
-        from transformers.utils import logging as transformers_logging
-
-        level, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        restore.append(lambda: (transformers_logging.set_verbosity(level),
-                                transformers_logging.enable_progress_bar() if bars else None))
+    restore: list = []
+    _UNDO.append(restore)
+    # the library's warnings (e.g. a truncated prompt) read like the command line's own
+    logger = logging.getLogger("sfumato")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    restore.append(lambda: (logger.removeHandler(handler), setattr(logger, "propagate", propagate)))
     if quiet:
         with contextlib.suppress(ImportError):
             from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -102,7 +117,6 @@ def _library_output(quiet: bool, loads_models: bool = True) -> Iterator[None]:
             hub_disabled = are_progress_bars_disabled()
             disable_progress_bars()
             restore.append(lambda: None if hub_disabled else enable_progress_bars())
-        logger = logging.getLogger("sfumato")
         old_level = logger.level
         logger.setLevel(logging.ERROR)
         restore.append(lambda: logger.setLevel(old_level))
@@ -112,8 +126,22 @@ def _library_output(quiet: bool, loads_models: bool = True) -> Iterator[None]:
                 warnings.simplefilter("ignore")
             yield
     finally:
+        _UNDO.remove(restore)
         for undo in reversed(restore):
             undo()
+
+
+def quiet_transformers() -> None:
+    """Quiet transformers' logging and loading bars until the running command ends (models are about to load)."""
+    if not _UNDO or not _importable("transformers"):
+        return
+    from transformers.utils import logging as transformers_logging
+
+    level, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    _UNDO[-1].append(lambda: (transformers_logging.set_verbosity(level),
+                              transformers_logging.enable_progress_bar() if bars else None))
 
 
 def _importable(name: str) -> bool:

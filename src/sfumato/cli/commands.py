@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..metadata import MetadataError, read_parameters, write_png
 from . import jobs as jobs_module
 from .errors import UsageError
-from .jobs import Job, Source, check_seed, prepare, run, with_seed
+from .jobs import Job, Source, advice, check, check_seed, run, settle, with_seed
 from .models import Loader
 
 # subcommand -> task
@@ -26,18 +28,41 @@ def random_seed() -> int:
 
 
 def output_paths(out: str | None, count: int, default_stem: str, where: str = "--out") -> list[Path]:
-    """Where ``count`` pictures go: OUT itself for one, OUT-0.png ... OUT-{count-1}.png for more."""
+    """Where ``count`` pictures go: OUT itself for one, OUT-0.png ... OUT-{count-1}.png for more.
+
+    Checked before any work: the name is a .png file, not a folder, and its
+    folder exists (it is created) and can be written in.
+    """
     path = Path(out).expanduser() if out else Path(f"{default_stem}.png")
+    if path.is_dir() or (out and out.endswith((os.sep, "/"))) or path.name in ("", ".", ".."):
+        raise UsageError(f"{where} {out!r} is a folder; name the .png file to write in it, e.g. "
+                         f"{os.path.join(out, 'picture.png')!r}")
     if path.suffix == "":
         path = path.with_name(path.name + ".png")
     elif path.suffix.lower() != ".png":
         raise UsageError(f"{where} must name a .png file (the parameters are stored in a PNG text chunk), "
                          f"got {out!r}")
-    if path.is_dir():
-        raise UsageError(f"{where} {out!r} is a folder; name the .png file to write")
-    if count == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+    paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+    for target in paths:
+        if target.is_dir():
+            raise UsageError(f"{where}: {str(target)!r} is a folder; name another .png file to write")
+    _check_writable(path.parent, where, out)
+    return paths
+
+
+def _check_writable(folder: Path, where: str, out: str | None) -> None:
+    """Create ``folder`` if needed and write a probe file in it, so a bad output fails before the work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{where} {out!r}: cannot create the folder {str(folder)!r}: "
+                         f"{error.strerror or error}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sfumato-probe-", suffix=".png"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{where} {out!r}: cannot write in the folder {str(folder)!r}: "
+                         f"{error.strerror or error}") from None
 
 
 def picture_record(job: Job, command: str, index: int = 0, count: int = 1) -> dict[str, Any]:
@@ -94,6 +119,7 @@ def job_from_args(args: Any) -> Job:
         job.image = Source(path=args.image)
     if task == "inpaint":
         job.mask = Source(path=args.mask)
+        job.keep_unmasked = args.keep_unmasked
     if task == "controlnet":
         job.hint = Source(path=args.hint)
     if task == "interpolate":
@@ -104,10 +130,13 @@ def job_from_args(args: Any) -> Job:
 
 def generate(args: Any) -> int:
     """generate / img2img / inpaint / controlnet / interpolate: --num pictures of one job."""
-    job = prepare(job_from_args(args))
+    job = check(job_from_args(args))
     seed = args.seed if args.seed is not None else random_seed()
     check_seed(seed, args.num)
     paths = output_paths(args.out, args.num, f"{args.command}-{seed}")
+    settle(job)
+    for note in advice(job):
+        _say(args.quiet, f"sfumato: warning: {note}")
     loader = Loader(job.dtype, job.device, args.quiet)
     loader.preload([(job.task, job.model_ref, job.prior_ref)])
     for index, path in enumerate(paths):
@@ -123,7 +152,7 @@ def generate(args: Any) -> int:
 # keys of a chain file's top level besides the list of steps: defaults for every step
 _CHAIN_DEFAULTS = {"model", "prior", "negative_prompt", "negative", "seed", "scheduler", "dtype", "device", "size",
                    "num_inference_steps", "guidance_scale", "guidance", "prior_num_inference_steps", "prior_steps",
-                   "prior_guidance_scale", "prior_guidance", "strength"}
+                   "prior_guidance_scale", "prior_guidance", "strength", "keep_unmasked"}
 
 
 def read_chain(path: str) -> tuple[dict[str, Any], list[Any]]:
@@ -175,7 +204,8 @@ def _parse_yaml(text: str, path: str) -> Any:
 
 def build_chain(defaults: dict[str, Any], steps: list[Any], path: str, seed_offset: int,
                 dtype: str, device: str | None) -> list[tuple[Job, Source, str | None]]:
-    """Prepared jobs of one run of the chain, each with the Source its picture fills and its ``out``."""
+    """Checked jobs of one run of the chain (see ``jobs.check``), each with the Source its picture fills
+    and its ``out``."""
     if not steps:
         raise UsageError(f"chain file {path!r} has no steps")
     built: list[tuple[Job, Source, str | None]] = []
@@ -194,7 +224,7 @@ def build_chain(defaults: dict[str, Any], steps: list[Any], path: str, seed_offs
         job = Job.from_mapping(step, where, defaults={k: v for k, v in _step_defaults(defaults, where).items()})
         job.dtype, job.device = dtype, device
         job.seed = job.seed + seed_offset if isinstance(job.seed, int) and not isinstance(job.seed, bool) else job.seed
-        prepare(job, where=f"{where}: ", previous=previous)
+        check(job, where=f"{where}: ", previous=previous)
         previous = Source(job=job)
         built.append((job, previous, out))
     return built
@@ -208,7 +238,7 @@ def _step_defaults(defaults: dict[str, Any], where: str) -> dict[str, Any]:
     job = Job.from_mapping({"task": "text2image", **values}, f"{where} (chain defaults)")
     return {name: getattr(job, name) for name in ("model", "prior", "negative_prompt", "seed", "scheduler", "steps",
                                                   "guidance", "prior_steps", "prior_guidance", "strength", "width",
-                                                  "height") if getattr(job, name) is not None}
+                                                  "height", "keep_unmasked") if getattr(job, name) is not None}
 
 
 def chain(args: Any) -> int:
@@ -219,11 +249,18 @@ def chain(args: Any) -> int:
     check_seed(seed, args.num, "the chain's seed")
     defaults = {**defaults, "seed": seed}
     dtype = args.dtype or defaults.get("dtype") or "fp32"
-    device = jobs_module.resolve_device(args.device or defaults.get("device"))
+    device = args.device or defaults.get("device")
     runs = [build_chain(defaults, steps, args.file, i, dtype, device) for i in range(args.num)]
     paths = output_paths(args.out, args.num, f"chain-{seed}")
     step_paths = {number: output_paths(out, args.num, "", f"chain step {number + 1}: out")
                   for number, (_, _, out) in enumerate(runs[0]) if out}
+    for built in runs:
+        for number, (job, _, _) in enumerate(built, start=1):
+            settle(job, where=f"chain step {number}: ")
+    for number, (job, _, _) in enumerate(runs[0], start=1):
+        for note in advice(job):
+            _say(args.quiet, f"sfumato: warning: chain step {number}: {note}")
+    device = runs[0][0][0].device
     loader = Loader(dtype, device, args.quiet)
     loader.preload([(job.task, job.model_ref, job.prior_ref) for job, _, _ in runs[0]])
     for index, built in enumerate(runs):
@@ -240,10 +277,10 @@ def chain(args: Any) -> int:
 # ---------------------------------------------------------------------------------------------- info & reproduce
 
 # the order `sfumato info` prints fields in; anything else follows
-_INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "items", "weights", "image", "mask", "hint",
-               "strength", "seed", "steps", "guidance", "prior_steps", "prior_guidance", "width", "height",
-               "scheduler", "scheduler_class", "model", "prior", "dtype", "device", "cpu_threads", "index", "num", "sfumato",
-               "input_sha256")
+_INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "items", "weights", "image", "mask", "keep_unmasked",
+               "hint", "strength", "seed", "steps", "guidance", "prior_steps", "prior_guidance", "width", "height",
+               "scheduler", "scheduler_class", "model", "prior", "dtype", "device", "cpu_threads", "index", "num",
+               "sfumato", "input_sha256")
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -300,10 +337,11 @@ def reproduce(args: Any) -> int:
     job = Job.from_mapping(record, f"the parameters in {args.image!r}", record=True)
     if job.seed is None:
         raise UsageError(f"the parameters in {args.image!r} have no seed; the picture cannot be made again")
-    prepare(job, where=f"{args.image}: ", override_device=args.device)
+    check(job, where=f"{args.image}: ")
     source = Path(args.image)
     out = args.out or str(source.with_name(f"{source.stem}-reproduced.png"))
     [path] = output_paths(out, 1, "")
+    settle(job, where=f"{args.image}: ", override_device=args.device)
     loader = Loader(job.dtype, job.device, args.quiet)
     # the recorded thread count too: on a CPU it can change the last bit of a pixel
     with cpu_threads(record.get("cpu_threads") if job.device == "cpu" else None):

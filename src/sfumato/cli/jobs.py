@@ -1,8 +1,12 @@
 """A job: one picture, described completely enough to make it again.
 
 Every command turns its arguments into :class:`Job` objects, one per
-picture. A job is checked as a whole before anything is loaded
-(:func:`prepare`), run with a fixed seed (:func:`run`), and stored in the
+picture. A job is checked as a whole before anything is loaded, in two
+passes: :func:`check` reads only files (arguments, checkpoint folders, input
+pictures; torch is not even imported, so a typo costs a tenth of a second),
+:func:`settle` asks the library's classes (device, size multiple, defaults,
+step limits; still no weights). It is then run with a fixed seed
+(:func:`run`), and stored in the
 written PNG as a flat JSON record (:meth:`Job.to_record`), from which
 ``sfumato reproduce`` rebuilds the same job (:meth:`Job.from_mapping`).
 Chain files are lists of the same records, so the three agree on one set of
@@ -30,22 +34,32 @@ from . import models
 
 TASKS = ("text2image", "image2image", "inpaint", "controlnet", "interpolate")
 
-# other ways to name a task in chain files: command names, diffusers words and pipeline classes
-TASK_NAMES = {
-    "text2image": "text2image", "text-to-image": "text2image", "txt2img": "text2image", "generate": "text2image",
-    "image2image": "image2image", "image-to-image": "image2image", "img2img": "image2image",
-    "inpaint": "inpaint", "inpainting": "inpaint",
-    "controlnet": "controlnet",
-    "interpolate": "interpolate", "interpolation": "interpolate",
-    "AutoPipelineForText2Image": "text2image", "KandinskyV22CombinedPipeline": "text2image",
-    "KandinskyV22Pipeline": "text2image",
-    "AutoPipelineForImage2Image": "image2image", "KandinskyV22Img2ImgCombinedPipeline": "image2image",
-    "KandinskyV22Img2ImgPipeline": "image2image",
-    "AutoPipelineForInpainting": "inpaint", "KandinskyV22InpaintCombinedPipeline": "inpaint",
-    "KandinskyV22InpaintPipeline": "inpaint",
-    "KandinskyV22ControlnetPipeline": "controlnet",
-    "KandinskyV22PriorPipeline.interpolate": "interpolate",
-}
+
+def _task_names() -> dict[str, str]:
+    """Other ways to name a task in chain files: command names, diffusers words and the pipeline classes
+    of the families the command line runs (from the library's tables)."""
+    from .. import auto
+
+    names = {
+        "text2image": "text2image", "text-to-image": "text2image", "txt2img": "text2image", "generate": "text2image",
+        "image2image": "image2image", "image-to-image": "image2image", "img2img": "image2image",
+        "inpaint": "inpaint", "inpainting": "inpaint",
+        "controlnet": "controlnet",
+        "interpolate": "interpolate", "interpolation": "interpolate",
+        "AutoPipelineForText2Image": "text2image", "AutoPipelineForImage2Image": "image2image",
+        "AutoPipelineForInpainting": "inpaint",
+    }
+    for family in models.FAMILIES:
+        for table in (auto.FAMILIES, auto.DECODERS):
+            names.update({name: task for task, name in table[family].items()})
+        names.update({f"{name}.interpolate": "interpolate" for name in auto.PRIORS[family]})
+        controlnet = auto.CONTROLNETS.get(family, {}).get(auto.TEXT2IMAGE)
+        if controlnet:
+            names[controlnet] = "controlnet"
+    return names
+
+
+TASK_NAMES = _task_names()
 
 #: What a chain step or record may also call a field (the pipelines' keyword names, the CLI's flag names).
 ALIASES = {
@@ -67,6 +81,7 @@ _REQUIRED = {
     "controlnet": ("prompt", "hint"), "interpolate": ("items",),
 }
 _ONLY_FOR = {"strength": ("image2image",), "image": ("image2image", "inpaint"), "mask": ("inpaint",),
+             "keep_unmasked": ("inpaint",),
              "hint": ("controlnet",), "items": ("interpolate",), "weights": ("interpolate",),
              "prompt": ("text2image", "image2image", "inpaint", "controlnet")}
 
@@ -89,7 +104,7 @@ class Job:
     """Everything that decides one picture. ``None`` fields take the model's defaults when run."""
 
     task: str
-    model: str | None = None  # --model as given; after prepare(), the recorded spec
+    model: str | None = None  # --model as given; after check(), the recorded spec
     prior: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
@@ -109,9 +124,12 @@ class Job:
     hint: Source | None = None
     items: list[str | Source] | None = None  # interpolate: prompts (str) and pictures
     weights: list[float] | None = None
-    # filled by prepare() / run(), not recorded as such
+    # inpaint: paste the picture's own pixels back where the mask is black (None: yes)
+    keep_unmasked: bool | None = None
+    # filled by check() / settle() / run(), not recorded as such
     model_ref: models.ModelRef | None = field(default=None, repr=False)
     prior_ref: models.ModelRef | None = field(default=None, repr=False)
+    index: dict | None = field(default=None, repr=False)  # the checkpoint's model_index.json
     scheduler_class: str | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- records
@@ -123,7 +141,7 @@ class Job:
         record: dict[str, Any] = {} if nested else {"sfumato": __version__}
         for name in ("task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance",
                      "prior_steps", "prior_guidance", "strength", "width", "height", "scheduler",
-                     "scheduler_class", "dtype", "device"):
+                     "scheduler_class", "dtype", "device", "keep_unmasked"):
             value = getattr(self, name)
             if value is not None or name in ("negative_prompt", "scheduler"):
                 record[name] = value
@@ -155,7 +173,7 @@ class Job:
         if not isinstance(data, dict):
             raise UsageError(f"{where} must be a mapping of parameters, got {type(data).__name__}")
         values: dict[str, Any] = {}
-        known = {f.name for f in fields(cls) if f.name not in ("model_ref", "prior_ref", "scheduler_class")}
+        known = {f.name for f in fields(cls) if f.name not in ("model_ref", "prior_ref", "index", "scheduler_class")}
         for key, value in data.items():
             name = ALIASES.get(key, key)
             if record and name in INFORMATIONAL:
@@ -175,6 +193,8 @@ class Job:
             raise UsageError(f"{where}: unknown task {task!r}; use one of {', '.join(TASKS)} or one of the "
                              f"pipeline classes {', '.join(k for k in TASK_NAMES if k[0].isupper())}")
         values["task"] = TASK_NAMES[task]
+        if record and values["task"] == "inpaint":
+            values.setdefault("keep_unmasked", False)  # a picture made before the option existed: it was off
         for name, value in (defaults or {}).items():
             # a chain-wide default (e.g. strength) applies to the steps it makes sense for
             if name not in values and values["task"] in _ONLY_FOR.get(name, TASKS):
@@ -270,6 +290,8 @@ def check_values(job: Job, where: str) -> None:
         value = getattr(job, name)
         if value is not None and not isinstance(value, str):
             raise UsageError(f"{where}{_flag(name)} must be a string, got {value!r}")
+    if job.keep_unmasked is not None and not isinstance(job.keep_unmasked, bool):
+        raise UsageError(f"{where}keep_unmasked must be true or false, got {job.keep_unmasked!r}")
     if job.dtype not in models.DTYPES:
         raise UsageError(f"{where}--dtype must be one of {', '.join(models.DTYPES)}, got {job.dtype!r}")
     if job.scheduler is not None:
@@ -320,9 +342,11 @@ def resolve_device(value: str | None) -> str:
     return str(device)
 
 
-def prepare(job: Job, where: str = "", previous: Source | None = None, override_device: str | None = None) -> Job:
-    """Check everything about ``job`` that can be checked without loading a model, and open its inputs.
+def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
+    """Check everything about ``job`` that files alone tell, and open its inputs; torch is not imported.
 
+    Arguments, the checkpoint folders (exist, can do the task, have a prior),
+    the checkpoint's own defaults, and the input pictures (exist, decode).
     ``previous`` is the earlier chain step's output, used where the chain
     says ``$previous`` (and, by default, as the image of image-to-image and
     inpainting steps and the hint of ControlNet steps).
@@ -330,33 +354,88 @@ def prepare(job: Job, where: str = "", previous: Source | None = None, override_
     if previous is not None:
         _feed_previous(job, previous)
     check_values(job, where)
-    # model: exists, is a checkpoint, can do the task, has a prior
     model_ref = models.parse_model(job.model, job.task, f"{where}--model")
-    index = models.check_task(model_ref, job.task, f"{where}--model")
-    job.prior_ref = models.resolve_prior(model_ref, index, job.prior)
-    if job.prior_ref is None and models.needs_prior(index) and model_ref.folder is not None:
+    job.index = models.check_task(model_ref, job.task, f"{where}--model")
+    job.prior_ref = models.resolve_prior(model_ref, job.index, job.prior)
+    if job.prior_ref is None and models.needs_prior(job.index) and model_ref.folder is not None:
         raise UsageError(f"{where}--model {model_ref.spec!r} is a decoder and needs a prior: its README.md names "
                          f"none; pass --prior FOLDER")
     job.model_ref, job.model = model_ref, model_ref.spec
     if job.prior is not None:
         job.prior = job.prior_ref.spec
+    if job.task == "inpaint" and job.keep_unmasked is None:
+        job.keep_unmasked = True
+    for name, value in models.folder_defaults(model_ref).items():
+        if getattr(job, name) is None and (name != "strength" or job.task == "image2image"):
+            setattr(job, name, value)
+    # inputs: files exist and are pictures; earlier jobs are checked the same way
+    for name, source in job._sources():
+        _open(source, f"{where}{_flag(name.split('.')[0])}", grayscale=name == "mask")
+    return job
+
+
+def settle(job: Job, where: str = "", override_device: str | None = None) -> Job:
+    """What only the library's classes can tell, still before any weights load: the device, the size
+    multiple, the pipelines' own defaults, and the step counts the schedulers can run."""
+    for name, source in job._sources():
+        if source.job is not None:  # settling twice (a chain's earlier step) changes nothing
+            settle(source.job, where=f"{where}{_flag(name.split('.')[0])} (made by an earlier {source.job.task} "
+                                     f"step): ", override_device=override_device)
     job.device = resolve_device(override_device or job.device)
-    multiple = models.size_multiple(model_ref)
+    multiple = models.size_multiple(job.model_ref)
     for name in ("width", "height"):
         value = getattr(job, name)
         if multiple and value is not None and value % multiple:
             lower = max(multiple, value // multiple * multiple)
             raise UsageError(f"{where}--size {job.width}x{job.height}: {name} {value} is not a multiple of "
                              f"{multiple}, which this model needs (e.g. {lower} or {lower + multiple})")
-    # inputs: files exist and are pictures; earlier jobs are checked the same way
-    for name, source in job._sources():
-        _open(source, f"{where}{_flag(name.split('.')[0])}", grayscale=name == "mask",
-              override_device=override_device)
-    classes = _pipeline_classes(job, index)
+    classes = _pipeline_classes(job, job.index)
     if classes is not None:
         _fill_defaults(job, *classes, multiple=multiple or 64)
-        _check_strength(job)
+        _check_strength(job, where)
+    _check_steps(job, where)
+    if job.width and job.height:  # the library's bounds on a picture (size, memory), before it is loaded
+        from .. import limits
+
+        try:
+            limits.check_request(pictures=1, height=job.height, width=job.width,
+                                 dtype_size=4 if job.dtype == "fp32" else 2, what=f"--size {job.width}x{job.height}")
+        except limits.RequestTooLarge as error:
+            raise UsageError(f"{where}{error}") from None
     return job
+
+
+def _check_steps(job: Job, where: str) -> None:
+    decoder = models.scheduler_config(job.model_ref, "scheduler")
+    scheduler = models.scheduler_class_name(job.scheduler) if job.scheduler else None
+    models.check_steps(decoder, scheduler, job.steps, f"{where}--steps")
+    if job.prior_ref is not None:
+        prior = models.scheduler_config(job.prior_ref, "scheduler")
+    else:  # a saved combined pipeline carries its prior's scheduler
+        prior = models.scheduler_config(job.model_ref, "prior_scheduler")
+    models.check_steps(prior, None, job.prior_steps, f"{where}--prior-steps")
+
+
+def advice(job: Job) -> list[str]:
+    """Warnings (not errors) about a job the model will not follow: the built-in model knows only its
+    captions' words, at the size it was trained at."""
+    if not (job.model or "").startswith(models.BUILTIN):
+        return []
+    from ..demo import unknown_words, vocabulary_text
+
+    notes = []
+    texts = [job.prompt] if job.prompt else [item for item in job.items or [] if isinstance(item, str)]
+    unknown = list(dict.fromkeys(word for text in texts for word in unknown_words(text)))
+    if unknown:
+        shown = ", ".join(repr(word) for word in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        notes.append(f"the built-in model knows only {vocabulary_text()}; it does not know {shown}, so the "
+                     f"picture will not follow the prompt")
+    trained = models.folder_defaults(job.model_ref)
+    size = (trained.get("width"), trained.get("height"))
+    if None not in size and (job.width, job.height) != size:
+        notes.append(f"the built-in model was trained on {size[0]}x{size[1]} pictures; at {job.width}x{job.height} "
+                     f"the picture will not follow the prompt well")
+    return notes
 
 
 def _feed_previous(job: Job, previous: Source) -> None:
@@ -371,11 +450,10 @@ def _feed_previous(job: Job, previous: Source) -> None:
         job.items = [previous if isinstance(i, Source) and i.path == PREVIOUS else i for i in job.items]
 
 
-def _open(source: Source, where: str, grayscale: bool, override_device: str | None) -> None:
+def _open(source: Source, where: str, grayscale: bool) -> None:
     if source.job is not None:
-        if source.job.model_ref is None:  # a nested record (reproduce), not prepared yet: check it now
-            prepare(source.job, where=f"{where} (made by an earlier {source.job.task} step): ",
-                    override_device=override_device)
+        if source.job.model_ref is None:  # a nested record (reproduce), not checked yet: check it now
+            check(source.job, where=f"{where} (made by an earlier {source.job.task} step): ")
         return
     if source.path == PREVIOUS:
         raise UsageError(f"{where} is {PREVIOUS}, but there is no previous step")
@@ -419,7 +497,7 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
     if job.seed is None:
         raise ValueError("internal: a job runs only with a seed")
     pipes = loader.get(job.task, job.model_ref, job.prior_ref)
-    # usually all set by prepare(); a hub checkpoint's defaults are known only now
+    # usually all set by settle(); a hub checkpoint's defaults are known only now
     if isinstance(pipes, tuple):
         _fill_defaults(job, pipes[1], pipes[0], _multiple(pipes[1]))
     else:
@@ -444,6 +522,9 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
                                        guidance_scale=job.prior_guidance, generator=generator,
                                        negative_prompt=job.negative_prompt or "")
             extra = {}
+        if "prompt" in inspect.signature(decoder.__call__).parameters:
+            # Kandinsky 2.1 decoders read a prompt too; the guides give them none when the embeddings are mixed
+            extra["prompt"] = job.prompt if job.task == "controlnet" else ""
         return decoder(image_embeds=embeds.image_embeds, negative_image_embeds=embeds.negative_image_embeds,
                        height=job.height, width=job.width, num_inference_steps=job.steps,
                        guidance_scale=job.guidance, generator=generator, **extra).images[0]
@@ -463,7 +544,12 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
         arguments["strength"] = job.strength
     if job.task == "inpaint":
         arguments["mask_image"] = job.mask.picture
-    return pipe(**_accepted(pipe, arguments)).images[0]
+    picture = pipe(**_accepted(pipe, arguments)).images[0]
+    if job.task == "inpaint" and job.keep_unmasked:
+        from ..image import keep_unmasked
+
+        picture = keep_unmasked(picture, job.image.picture, job.mask.picture)
+    return picture
 
 
 def _accepted(pipe: Any, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -473,15 +559,13 @@ def _accepted(pipe: Any, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
-    """Unset fields: the checkpoint's sfumato_defaults.json, then the input's size, then the pipeline's own.
+    """Unset fields (the checkpoint's sfumato_defaults.json is read by check()): the input's size, then the
+    pipeline's own defaults.
 
     ``decoder`` and ``prior`` are pipeline classes (before loading) or loaded
     pipelines; ``prior`` is ``None`` for combined pipelines, whose ``__call__``
     takes the prior's settings as ``prior_*`` keywords.
     """
-    for name, value in models.folder_defaults(job.model_ref).items():
-        if getattr(job, name) is None and (name != "strength" or job.task == "image2image"):
-            setattr(job, name, value)
     main = decoder.__call__
     if prior is not None:
         prior_call = prior.interpolate if job.task == "interpolate" else prior.__call__
@@ -514,11 +598,11 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
         job.height = job.height or job.width
 
 
-def _check_strength(job: Job) -> None:
+def _check_strength(job: Job, where: str = "") -> None:
     if job.task == "image2image" and job.steps is not None and job.strength is not None \
             and int(job.steps * job.strength) < 1:
         # image-to-image runs only the last strength x steps steps; none would be left
-        raise UsageError(f"--strength {job.strength} with --steps {job.steps} leaves no denoising step to run; "
+        raise UsageError(f"{where}--strength {job.strength} with --steps {job.steps} leaves no denoising step to run; "
                          f"raise --strength or --steps so that strength x steps is at least 1")
 
 
@@ -562,9 +646,8 @@ def _hint_tensor(picture, decoder: Any, width: int, height: int):
     import PIL.Image
     import torch
 
-    # the UNet's hint network downsamples by 8 to meet the latents
-    scale = getattr(decoder, "movq_scale_factor", 8)
-    size = (width // scale * 8, height // scale * 8)
+    hint_height, hint_width = decoder.hint_size(height, width)
+    size = (hint_width, hint_height)
     if picture.size != size:
         picture = picture.resize(size, resample=PIL.Image.Resampling.BICUBIC)
     array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0

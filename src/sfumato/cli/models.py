@@ -10,32 +10,36 @@ A model is named on the command line as
 * a local checkpoint folder (one with ``model_index.json``);
 * a model hub id such as ``kandinsky-community/kandinsky-2-2-decoder``.
 
-Kandinsky 2.2 decoders need a prior. As on the hub, a decoder folder names
-its prior in the front matter of its ``README.md`` (``prior: [../prior]``,
+Kandinsky 2.1 and 2.2 decoders need a prior. As on the hub, a decoder folder
+names its prior in the front matter of its ``README.md`` (``prior: [../prior]``,
 relative paths allowed); ``--prior`` overrides that.
+
+What a checkpoint is (its family and task, its size multiple, its prior, its
+schedulers' step limits) is asked of the library, from the folder's JSON files,
+before any weights load.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..demo import BUILTIN_MODELS as BUILTIN_FOLDERS
+from ..demo import DEFAULTS_FILE  # per-folder generation defaults (steps, guidance, size), read before loading
 from .errors import UsageError
 
 BUILTIN = "builtin"
-BUILTIN_FOLDERS = ("prior", "decoder", "inpaint", "controlnet")
+#: The model families the command line runs (``sfumato.auto``'s names: Kandinsky 2.1 and 2.2).
+FAMILIES = ("kandinsky", "kandinsky22")
 #: Environment variable naming a folder laid out like the built-in model (prior/, decoder/, ...).
 BUILTIN_ENV = "SFUMATO_BUILTIN_MODEL"
 #: The built-in folder each task uses when no --model is given.
 BUILTIN_FOR_TASK = {"text2image": "decoder", "image2image": "decoder", "interpolate": "decoder",
                     "inpaint": "inpaint", "controlnet": "controlnet"}
-#: Per-folder generation defaults (steps, guidance, size) that suit a checkpoint, read before loading.
-DEFAULTS_FILE = "sfumato_defaults.json"
 # field in sfumato_defaults.json (the pipelines' keyword names) -> job field
 _DEFAULT_FIELDS = {"num_inference_steps": "steps", "guidance_scale": "guidance",
                    "prior_num_inference_steps": "prior_steps", "prior_guidance_scale": "prior_guidance",
@@ -88,18 +92,14 @@ def builtin_folder(name: str) -> Path:
     override = os.environ.get(BUILTIN_ENV)
     if override:
         return Path(override).expanduser() / name
-    from .. import demo
+    from ..demo import builtin_model
 
-    # where the demo package keeps its weights; used until it provides builtin_model()
-    fallback = Path(demo.__file__).parent / "model" / name
-    try:
-        from ..demo import builtin_model
-    except ImportError:
-        return fallback
     try:
         return Path(builtin_model(name))
     except (OSError, ValueError):  # not installed: parse_model says so in the command line's words
-        return fallback
+        from .. import demo
+
+        return Path(demo.__file__).parent / "model" / name
 
 
 def parse_model(value: str | None, task: str, argument: str = "--model") -> ModelRef:
@@ -147,16 +147,19 @@ def read_index(ref: ModelRef, argument: str = "--model") -> dict[str, Any] | Non
     return index
 
 
-def checkpoint_kind(class_name: str) -> str:
-    """What a pipeline class is for: prior, inpaint, controlnet or image (text-to-image and image-to-image)."""
-    lowered = class_name.lower()
-    if "prior" in lowered and "combined" not in lowered:
-        return "prior"
-    if "inpaint" in lowered:
-        return "inpaint"
-    if "controlnet" in lowered:
-        return "controlnet"
-    return "image"
+def checkpoint_kind(index: dict[str, Any], ref: ModelRef, argument: str = "--model") -> str:
+    """What a checkpoint's pipeline is for, as the library's tables say: prior, inpaint, controlnet or
+    image (text-to-image and image-to-image: one decoder does both)."""
+    from .. import auto
+
+    try:
+        family, _, task = auto.describe(index["_class_name"])
+    except ValueError:
+        family = task = None
+    if family not in FAMILIES:
+        raise UsageError(f"{argument} {ref.spec!r} holds a {index['_class_name']}, a pipeline the command line "
+                         f"cannot run (it runs Kandinsky 2.1 and 2.2 checkpoints)")
+    return "image" if task in (auto.TEXT2IMAGE, auto.IMAGE2IMAGE) else task
 
 
 # task -> the checkpoint kind it needs, and the command that suits each other kind
@@ -172,7 +175,7 @@ def check_task(ref: ModelRef, task: str, argument: str = "--model") -> dict[str,
     index = read_index(ref, argument)
     if index is None:
         return None
-    kind = checkpoint_kind(index["_class_name"])
+    kind = checkpoint_kind(index, ref, argument)
     if kind == "prior":
         raise UsageError(f"{argument} {ref.spec!r} is a prior ({index['_class_name']}); pass the decoder folder "
                          f"as --model (and this one as --prior)")
@@ -189,94 +192,99 @@ def _a(noun: str) -> str:
 
 def needs_prior(index: dict[str, Any] | None) -> bool:
     """Whether the checkpoint is a decoder that takes image embeddings from a separate prior."""
+    from .. import auto
+
     if index is None:
         return True  # hub decoders of the two-stage families; decided again once downloaded
     if any(name.startswith("prior_") for name in index):
         return False  # a saved combined pipeline carries its prior
-    return index["_class_name"].startswith("Kandinsky") and checkpoint_kind(index["_class_name"]) != "prior"
+    try:
+        return auto.family_of(index["_class_name"])[1]
+    except ValueError:  # a prior, or a class no family knows (refused by check_task)
+        return False
 
 
 def prior_from_readme(ref: ModelRef) -> ModelRef | None:
-    """The prior a decoder folder names in its README front matter, resolved like --prior."""
+    """The prior a decoder folder's model card names (the library reads it), resolved like --prior."""
     if ref.folder is None:
         return None
-    readme = ref.folder / "README.md"
-    if not readme.is_file():
-        return None
-    source = _front_matter_value(readme.read_text(encoding="utf-8", errors="replace"), "prior")
-    if not source:
-        return None
-    local = ref.folder / source
-    if not Path(source).is_absolute() and local.is_dir():
-        if ref.spec.startswith(BUILTIN + ":") and local.resolve().parent == ref.folder.resolve().parent:
-            return parse_model(f"{BUILTIN}:{local.name}", "text2image", "--prior")
-        return parse_model(str(local), "text2image", "--prior")
-    return parse_model(source, "text2image", "--prior")
+    from ..checkpoint.errors import CheckpointError
+    from ..checkpoint.folders import connected_pipeline
 
-
-def _front_matter_value(text: str, key: str) -> str | None:
-    """First value of ``key`` in a README's YAML front matter (a string or a list of strings)."""
-    match = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not match:
-        return None
     try:
-        import yaml  # huggingface_hub depends on PyYAML, so it is normally there
-
-        data = yaml.safe_load(match.group(1)) or {}
-        value = data.get(key) if isinstance(data, dict) else None
-    except ImportError:
-        value = _simple_yaml_list(match.group(1), key)
-    except Exception:  # a broken model card: behave as if it named nothing
+        source = connected_pipeline(ref.folder, "prior")
+    except CheckpointError as error:  # a broken model card
+        raise UsageError(f"--model {ref.spec!r}: {error}") from None
+    if source is None:
         return None
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return str(value) if value else None
-
-
-def _simple_yaml_list(block: str, key: str) -> list[str] | str | None:
-    """Enough YAML for ``key: value`` and ``key:\\n- value`` when PyYAML is missing."""
-    lines = block.splitlines()
-    for number, line in enumerate(lines):
-        if line.startswith(f"{key}:"):
-            rest = line[len(key) + 1:].strip()
-            if rest:
-                return rest.strip("'\"")
-            items = []
-            for item in lines[number + 1:]:
-                if not item.lstrip().startswith("-"):
-                    break
-                items.append(item.lstrip()[1:].strip().strip("'\""))
-            return items
-    return None
+    if isinstance(source, Path):  # a folder beside the decoder: the built-in model records it by name
+        if ref.spec.startswith(BUILTIN + ":") and source.resolve().parent == ref.folder.resolve().parent:
+            return parse_model(f"{BUILTIN}:{source.name}", "text2image", "--prior")
+        return parse_model(str(source), "text2image", "--prior")
+    return parse_model(source, "text2image", "--prior")
 
 
 def folder_defaults(ref: ModelRef) -> dict[str, Any]:
     """Generation defaults the checkpoint ships in ``sfumato_defaults.json`` (job field names)."""
-    if ref.folder is None or not (ref.folder / DEFAULTS_FILE).is_file():
+    if ref.folder is None:
         return {}
+    from ..demo import generation_defaults
+
     try:
-        data = json.loads((ref.folder / DEFAULTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        data = generation_defaults(ref.folder)
+    except (OSError, ValueError) as error:
         raise UsageError(f"cannot read {str(ref.folder / DEFAULTS_FILE)!r}: {error}") from None
-    return {_DEFAULT_FIELDS[k]: v for k, v in data.items() if k in _DEFAULT_FIELDS} if isinstance(data, dict) else {}
+    return {_DEFAULT_FIELDS[k]: v for k, v in data.items() if k in _DEFAULT_FIELDS}
 
 
 def size_multiple(ref: ModelRef) -> int | None:
-    """What heights and widths must be multiples of, from the MoVQ and UNet configs (``None``: unknown).
-
-    The same rule as ``KandinskyV22Decoder.size_multiple``, read from config
-    files so a bad --size is refused before gigabytes of weights load.
-    """
+    """What heights and widths must be multiples of, asked of the library from the MoVQ and UNet configs
+    (no weights are read); ``None`` when unknown (a hub id, a checkpoint without a MoVQ)."""
     if ref.folder is None:
         return None
     try:
         movq = json.loads((ref.folder / "movq" / "config.json").read_text(encoding="utf-8"))
         unet = json.loads((ref.folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        scale = 2 ** (len(movq["block_out_channels"]) - 1)
-        unet_factor = 2 ** (len(unet["block_out_channels"]) - 1)
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError):
         return None
-    return math.lcm(scale * scale, scale * unet_factor)
+    from ..pipelines.movq import movq_size_multiple
+
+    try:
+        return movq_size_multiple(movq, unet)
+    except (KeyError, TypeError):
+        return None
+
+
+def scheduler_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | None:
+    """A checkpoint's scheduler config (``None`` when it is not on disk yet)."""
+    if ref is None or ref.folder is None:
+        return None
+    path = ref.folder / subfolder / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def check_steps(config: dict[str, Any] | None, class_name: str | None, steps: int | None, flag: str) -> None:
+    """Refuse a step count the scheduler cannot run, by asking a fresh one built from the checkpoint's config.
+
+    The schedulers know their own limits (UnCLIP needs at least 2 steps, PNDM
+    with Runge-Kutta warm-up 4, none more than it was trained on); asking
+    them before loading turns a failure after minutes into one at once.
+    """
+    if config is None or steps is None:
+        return
+    from .. import schedulers
+
+    klass = getattr(schedulers, class_name or str(config.get("_class_name")), None)
+    if klass is None:
+        return
+    try:
+        klass.from_config(config).set_timesteps(steps)
+    except ValueError as error:
+        raise UsageError(f"{flag} {steps}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -310,6 +318,9 @@ class Loader:
         """
         from tqdm.auto import tqdm
 
+        from . import quiet_transformers
+
+        quiet_transformers()
         folders: list[str] = []
         for task, model, prior in plan:
             for ref in ([prior] if prior else []) + [model]:
@@ -443,7 +454,7 @@ def resolve_prior(model: ModelRef, index: dict[str, Any] | None, explicit: str |
     if explicit is not None:
         ref = parse_model(explicit, "text2image", "--prior")
         prior_index = read_index(ref, "--prior")
-        if prior_index is not None and checkpoint_kind(prior_index["_class_name"]) != "prior":
+        if prior_index is not None and checkpoint_kind(prior_index, ref, "--prior") != "prior":
             raise UsageError(f"--prior {explicit!r} is not a prior checkpoint ({prior_index['_class_name']})")
         return ref
     if not needs_prior(index):

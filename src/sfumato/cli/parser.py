@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 
 from .errors import UsageError
 from .models import BUILTIN_ENV, DTYPES, SCHEDULERS
@@ -15,7 +16,13 @@ from .models import BUILTIN_ENV, DTYPES, SCHEDULERS
 OUTPUT_HELP = ("output PNG (default: COMMAND-SEED.png). With --num N > 1 the pictures are written as "
                "OUT-0.png ... OUT-{N-1}.png, picture i made with seed SEED+i")
 
-EPILOG = f"""\
+def _vocabulary() -> str:
+    from ..demo import vocabulary_text
+
+    return vocabulary_text()
+
+
+EPILOG = """\
 examples:
   sfumato generate "a red circle on a blue background" -o circle.png
   sfumato generate "a green square on a black background" --num 4 --seed 7 -o squares.png
@@ -29,9 +36,13 @@ examples:
 
 Every PNG sfumato writes stores its parameters (prompt, seed, steps, model, ...);
 `sfumato info` shows them and `sfumato reproduce` makes the same pixels again.
-Without --model the built-in demo model is used (${BUILTIN_ENV} points at
-another folder in its layout). Written file names are printed on stdout; progress
-goes to stderr. Exit status: 0 done, 1 failed while running, 2 bad arguments.
+Without --model the built-in demo model is used (${builtin_env} points at
+another folder in its layout). It makes 64x64 pictures and knows only
+{vocabulary}.
+Other words or sizes give a warning (the picture will not follow them).
+
+Written file names are printed on stdout; progress goes to stderr. Exit
+status: 0 done, 1 failed while running, 2 bad arguments.
 Set SFUMATO_DEBUG=1 to see the traceback of an error."""
 
 
@@ -45,24 +56,23 @@ class Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------- value types
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, low: int, high: int | None, meaning: str) -> int:
+    """``text`` as an int in ``[low, high]``, or argparse's error saying it must be ``meaning``."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {meaning}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, None, "a positive whole number")
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2 ** 63 - 1}, got {text!r}") from None
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2 ** 63 - 1}, got {text!r}")
-    return value
+    return _whole_number(text, 0, 2 ** 63 - 1, f"a whole number from 0 to {2 ** 63 - 1}")
 
 
 def _number(text: str) -> float:
@@ -111,14 +121,19 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
 
 def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--model", help="checkpoint: a local folder, a model hub id, or builtin[:NAME] "
-                                       "(default: the built-in demo model)")
+    group.add_argument("--model", help="checkpoint: a local Kandinsky 2.1 or 2.2 folder, a model hub id, or "
+                                       "builtin[:NAME] (default: the built-in demo model, 64x64 pictures, which "
+                                       f"knows only {_vocabulary()})")
     group.add_argument("--prior", help="prior checkpoint for a Kandinsky decoder (default: the one named in the "
                                        "decoder folder's README.md)")
     group.add_argument("--negative", metavar="TEXT", help="negative prompt: what the picture should not look like")
-    group.add_argument("--steps", type=_positive_int, help="denoising steps of the decoder (default: the model's)")
+    group.add_argument("--steps", type=_positive_int,
+                       help="denoising steps of the decoder, within what its scheduler can run (checked before "
+                            "loading) (default: the model's)")
     group.add_argument("--guidance", type=_number, help="decoder guidance scale (default: the model's)")
-    group.add_argument("--prior-steps", type=_positive_int, help="denoising steps of the prior (default: the model's)")
+    group.add_argument("--prior-steps", type=_positive_int,
+                       help="denoising steps of the prior; the Kandinsky priors' UnCLIP scheduler needs at least 2 "
+                            "(default: the model's)")
     group.add_argument("--prior-guidance", type=_number, help="prior guidance scale (default: the model's)")
     if task == "image2image":
         group.add_argument("--strength", type=_strength,
@@ -126,8 +141,9 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
                                 "(default: the model's)")
     group.add_argument("--seed", type=_seed, help="random seed (default: chosen at random and recorded in the PNG)")
     group.add_argument("--size", type=_size, metavar="WxH",
-                       help="picture width x height in pixels, multiples of what the model needs (64 for Kandinsky "
-                            "2.2) (default: the model's; for pictures given as input, their size)")
+                       help="picture width x height in pixels, multiples of what the model needs (64 for the "
+                            "released Kandinsky 2.1 and 2.2; checked before loading) (default: the model's; for "
+                            "pictures given as input, their size)")
     group.add_argument("--num", type=_positive_int, default=1, help="how many pictures (default: 1)")
     group.add_argument("--scheduler", metavar="NAME",
                        help=f"swap the decoder's scheduler: {', '.join(SCHEDULERS)} (default: the checkpoint's)")
@@ -138,8 +154,10 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
 def build_parser() -> Parser:
     from .. import __version__
 
+    vocabulary = "\n".join(textwrap.wrap(_vocabulary(), width=79))
     parser = Parser(prog="sfumato", description="Kandinsky image generation from the command line.",
-                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    epilog=EPILOG.format(builtin_env=BUILTIN_ENV, vocabulary=vocabulary),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -159,6 +177,10 @@ def build_parser() -> Parser:
     inpaint.add_argument("mask", metavar="MASK", help="mask picture: white = repaint, black = keep")
     inpaint.add_argument("prompt", metavar="PROMPT", help="what to paint in the white part")
     _generation_options(inpaint, "inpaint")
+    inpaint.add_argument("--keep-unmasked", action=argparse.BooleanOptionalAction, default=None,
+                         help="put the picture's own pixels back where MASK is black, with a soft seam inside the "
+                              "white part (default: on; --no-keep-unmasked gives the model's output as the "
+                              "library's pipelines return it, which changes the kept part too)")
 
     interpolate = commands.add_parser(
         "interpolate", help="mix prompts and pictures",

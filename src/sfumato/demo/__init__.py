@@ -11,12 +11,14 @@ use, so ``import sfumato.demo`` stays cheap.
 ``sfumato.demo.train`` trains it (``python -m sfumato.demo.train``). The
 trained pipelines ship in the package: :func:`builtin_model` gives the folder
 of each, and :func:`generation_defaults` the step counts and guidance that
-suit it.
+suit it. The model knows only the words of its captions
+(:func:`vocabulary`); :func:`unknown_words` finds the others in a prompt.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,4 +66,30 @@ def generation_defaults(folder: str | Path) -> dict[str, Any]:
     return defaults
 
 
-__all__ = ["BUILTIN_MODELS", "DEFAULTS_FILE", "builtin_model", "generation_defaults"]
+#: The words of every caption besides colours and shapes: ``a <colour> <shape> on a <colour> background``.
+CAPTION_WORDS: tuple[str, ...] = ("a", "an", "on", "background")
+
+
+def vocabulary() -> dict[str, tuple[str, ...]]:
+    """The words the built-in model was trained on: ``colours``, ``shapes`` and the caption's ``other`` words."""
+    from .data import COLOURS, SHAPES
+
+    return {"colours": COLOURS, "shapes": SHAPES, "other": CAPTION_WORDS}
+
+
+def vocabulary_text() -> str:
+    """The vocabulary in one phrase, for help texts and warnings."""
+    words = vocabulary()
+    return (f"{len(words['colours'])} colours ({', '.join(words['colours'])}) and {len(words['shapes'])} shapes "
+            f"({', '.join(words['shapes'])}), in prompts like \"a red circle on a blue background\"")
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the built-in model never saw (lower-cased, each once, in order)."""
+    known = {word for words in vocabulary().values() for word in words}
+    words = re.findall(r"[^\W_]+", prompt.lower())
+    return [word for word in dict.fromkeys(words) if word not in known]
+
+
+__all__ = ["BUILTIN_MODELS", "CAPTION_WORDS", "DEFAULTS_FILE", "builtin_model", "generation_defaults",
+           "unknown_words", "vocabulary", "vocabulary_text"]

@@ -1,4 +1,4 @@
-"""Pictures: loading, tiling, PIL / numpy / torch conversion, encoder input, decoder output, masks.
+"""Pictures: loading, tiling, PIL / numpy / torch conversion, encoder input, decoder output, masks, depth hints.
 
 Names load on first use, so ``from sfumato.image import load_image`` needs
 only PIL; the torch-based parts come in when they are asked for.
@@ -32,11 +32,13 @@ _EXPORTS = {
         "blur",
         "get_crop_region",
         "apply_overlay",
+        "keep_unmasked",
         "prepare_mask_and_masked_image",
         "grow_repaint_region",
         "prepare_mask",
         "kandinsky_latent_mask",
     ),
+    "depth": ("load_depth_estimator", "estimate_depth", "depth_hint", "depth_control_image"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

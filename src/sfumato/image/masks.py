@@ -9,6 +9,11 @@ black (0) the part to keep. Two families prepare masks differently:
 * Kandinsky 2.1 / 2.2: ``prepare_mask_and_masked_image`` turns the mask into a
   *keep* mask (1 = keep, 0 = repaint) and the image into [-1, 1];
   ``kandinsky_latent_mask`` brings that keep mask to latent size.
+
+After decoding, ``keep_unmasked`` puts the original pixels back where the mask
+is black, with a soft seam: latent inpainting regenerates every pixel, so
+without it the kept part changes too. The reference-compatible pipelines do
+not call it (their numbers stay the reference's); the command line does.
 """
 
 from __future__ import annotations
@@ -136,6 +141,62 @@ def apply_overlay(
     composed = image.convert("RGBA")
     composed.alpha_composite(kept)
     return composed.convert("RGB")
+
+
+def keep_unmasked(generated, image, mask_image, blur_radius: float = 2.0):
+    """``generated`` with ``image``'s own pixels wherever ``mask_image`` is black (kept), softly seamed.
+
+    Latent inpainting decodes the whole picture again, and a small latent
+    (8x8 for a 64x64 picture) spreads every latent pixel over a large part of
+    it, so the kept part comes back changed. Inpainting tools therefore paste
+    the original over the result through a blurred mask. Here the blur is
+    turned into a fade that lies inside the repainted part: every kept pixel
+    (mask < 0.5, the pipelines' threshold) is ``image``'s exactly, and from the
+    mask's edge inwards the new picture fades in over about ``2 * blur_radius``
+    pixels (a Gaussian blur of that radius, as ``blur`` makes it). ``blur_radius=0``
+    gives a hard edge.
+
+    ``generated`` is a PIL image or a list of them; ``image`` and ``mask_image``
+    (white = repaint) are one PIL image each, or one per generated picture, and
+    are resized to the generated size as the pipelines resize them (bicubic,
+    Lanczos). Returns RGB pictures in the same form as ``generated``.
+    """
+    pictures = [generated] if isinstance(generated, PIL.Image.Image) else list(generated)
+    if not pictures or not all(isinstance(p, PIL.Image.Image) for p in pictures):
+        raise TypeError(f"generated must be a PIL image or a non-empty list of them, got {_describe(generated)}")
+    originals = _one_per("image", image, len(pictures))
+    masks = _one_per("mask_image", mask_image, len(pictures))
+    if not isinstance(blur_radius, (int, float)) or not 0 <= blur_radius < float("inf"):
+        raise ValueError(f"blur_radius must be a number of pixels >= 0, got {blur_radius!r}")
+    results = []
+    for picture, original, mask in zip(pictures, originals, masks):
+        size = picture.size
+        original = original.convert("RGB")
+        if original.size != size:
+            original = original.resize(size, resample=PIL.Image.Resampling.BICUBIC, reducing_gap=1)
+        mask = mask.convert("L")
+        if mask.size != size:
+            mask = mask.resize(size, resample=PIL.Image.Resampling.LANCZOS)
+        repaint = np.asarray(mask) >= 128  # 128 / 255 >= 0.5, the pipelines' binarize
+        alpha = repaint.astype(np.float32)
+        if blur_radius > 0:
+            blurred = np.asarray(blur(PIL.Image.fromarray((repaint * 255).astype(np.uint8)), blur_radius))
+            # the blurred edge is 0.5 at the mask's border: 2b - 1 starts the fade there, inside the mask
+            alpha = np.clip(blurred.astype(np.float32) / 127.5 - 1.0, 0.0, 1.0) * repaint
+        new = np.asarray(picture.convert("RGB"), dtype=np.float32)
+        old = np.asarray(original, dtype=np.float32)
+        mixed = old + alpha[..., None] * (new - old)
+        results.append(PIL.Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), mode="RGB"))
+    return results[0] if isinstance(generated, PIL.Image.Image) else results
+
+
+def _one_per(name: str, value, count: int) -> list:
+    items = [value] if isinstance(value, PIL.Image.Image) else list(value) if isinstance(value, (list, tuple)) else None
+    if not items or not all(isinstance(i, PIL.Image.Image) for i in items):
+        raise TypeError(f"{name} must be a PIL image or a list of them, got {_describe(value)}")
+    if len(items) not in (1, count):
+        raise ValueError(f"{name} has {len(items)} pictures for {count} generated ones; pass one, or one each")
+    return items * count if len(items) == 1 else items
 
 
 # --- Kandinsky 2.1 / 2.2 -------------------------------------------------------

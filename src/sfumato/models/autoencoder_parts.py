@@ -1,4 +1,4 @@
-"""The convolutional encoder and decoder of the image autoencoders (MoVQ ``VQModel``).
+"""The convolutional encoder and decoder of the image autoencoders (MoVQ ``VQModel``, ``AutoencoderKL``).
 
 ``Encoder`` turns an image into a latent grid 2**(levels-1) times smaller; ``Decoder``
 turns a latent grid back into an image. With ``norm_type="spatial"`` (MoVQ, the
@@ -28,6 +28,8 @@ norm, channels-last residual sum), which keeps fp32 results within ~1e-6 of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,7 @@ from torch import nn
 from ..nn.activations import get_activation
 from ..nn.norms import SPATIAL_NORM_GROUPS, SpatialNorm, _can_overwrite
 from ..nn.sampling import Downsample2D, Upsample2D
+from ..outputs import BaseOutput
 
 # every norm in these autoencoders uses this epsilon
 NORM_EPS = 1e-6
@@ -49,6 +52,15 @@ def _activate(activation: nn.Module, hidden_states: torch.Tensor) -> torch.Tenso
     if isinstance(activation, nn.SiLU) and _can_overwrite(hidden_states):
         return F.silu(hidden_states, inplace=True)
     return activation(hidden_states)
+
+
+@dataclass
+class DecoderOutput(BaseOutput):
+    """What an autoencoder's ``decode`` returns: the image ``sample`` (and, for ``VQModel``, the codebook
+    ``commit_loss``, per the reference)."""
+
+    sample: torch.Tensor
+    commit_loss: torch.Tensor | None = None
 
 
 # --------------------------------------------------------------------------- norms
@@ -310,3 +322,45 @@ def legacy_key_renames(model: nn.Module) -> dict[str, str]:
                 for kind in ("weight", "bias"):
                     renames[f"{path}.{old}.{kind}"] = f"{path}.{new}.{kind}"
     return renames
+
+
+class LegacyAttentionKeys:
+    """Mixin for autoencoder models: ``load_weights`` also takes the old attention key names."""
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict",
+                     dtype: torch.dtype | None = None) -> None:
+        renames = legacy_key_renames(self)
+        if any(key in renames for key in state):
+            state = {renames.get(key, key): tensor for key, tensor in state.items()}
+        super().load_weights(state, source=source, dtype=dtype)
+
+
+def check_config(down_block_types, up_block_types, block_out_channels, layers_per_block, act_fn,
+                 norm_num_groups, extra_groups: tuple[int, ...] = ()) -> None:
+    """Reject encoder / decoder configs the reference would fail on late (or silently misbuild), naming the field.
+
+    ``extra_groups``: other group counts every width must divide (``SpatialNorm``'s fixed 32).
+    """
+    levels = len(block_out_channels)
+    if levels == 0:
+        raise ValueError("block_out_channels must list at least one width, got an empty sequence")
+    for name, types, allowed in (("down_block_types", down_block_types, ENCODER_BLOCK_TYPES),
+                                 ("up_block_types", up_block_types, DECODER_BLOCK_TYPES)):
+        if len(types) != levels:
+            raise ValueError(
+                f"{name} must have one entry per block_out_channels entry ({levels}), got {len(types)}: {list(types)}"
+            )
+        unknown = [t for t in types if t not in allowed]
+        if unknown:
+            raise ValueError(f"{name} may only contain {list(allowed)}, got {unknown}")
+    if not isinstance(layers_per_block, int) or layers_per_block < 1:
+        raise ValueError(f"layers_per_block must be a positive int, got {layers_per_block!r}")
+    get_activation(act_fn)  # raises ValueError naming the supported activations
+    for width in block_out_channels:
+        for group_count in (norm_num_groups, *extra_groups):
+            if width % group_count:
+                raise ValueError(
+                    f"every block_out_channels entry must be divisible by the number of norm groups "
+                    f"({group_count}{', fixed by SpatialNorm' if group_count != norm_num_groups else ''}), "
+                    f"got {width} in {list(block_out_channels)}"
+                )

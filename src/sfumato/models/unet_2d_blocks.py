@@ -18,16 +18,19 @@ stage                                 attention                    resampler
 ``SimpleCrossAttnUpBlock2D``          key/value projections
 ``CrossAttnDownBlock2D`` /            ``Transformer2DModel``       conv / nearest + conv
 ``CrossAttnUpBlock2D``
+``K*Block2D`` (``unet_k_blocks``)     ``KAttentionBlock``          fixed blur, stride 2
 ====================================  ===========================  ===============================
 
 Kandinsky 2.x uses the resnet-resampling and simple-cross-attention stages with
 ``UNetMidBlock2DSimpleCrossAttn``; Stable Diffusion uses the plain and transformer
-stages with ``UNetMidBlock2DCrossAttn``. ``get_down_block`` / ``get_mid_block`` /
+stages with ``UNetMidBlock2DCrossAttn``; the latent upscaler uses the k-diffusion
+stages and no mid stage. ``get_down_block`` / ``get_mid_block`` /
 ``get_up_block`` build a stage from the UNet-level settings, passing each stage exactly
 the settings the reference passes it (so configs mean the same thing here).
 
-Stages register ``attentions`` before ``resnets``, as the reference does, so parameters
-(and hence state dicts and shard files) come in the same order.
+Stages register ``attentions`` before ``resnets`` (the k-diffusion stages the other way
+round), as the reference does, so parameters (and hence state dicts and shard files) come
+in the same order.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..nn.attention import Attention, AttnAddedKVProcessor2_0
 from ..nn.resnet import ResnetBlock2D
 from ..nn.sampling import Downsample2D, Upsample2D
 from ..nn.transformer import Transformer2DModel
+from .unet_k_blocks import KCrossAttnDownBlock2D, KCrossAttnUpBlock2D, KDownBlock2D, KUpBlock2D
 
 
 # ---------------------------------------------------------------------------
@@ -92,6 +96,8 @@ class _Stage(nn.Module):
     """Common forward pieces: run one layer's attention, run a resampler."""
 
     has_cross_attention = False
+    # the upsampler can take the skip's size (``upsample_size``), so odd sample sizes work
+    follows_skip_sizes = True
     # UNet-level settings (``get_*_block`` keywords, after renaming) this stage accepts
     factory_keys: frozenset[str] = frozenset()
 
@@ -555,17 +561,21 @@ class UNetMidBlock2D(_MidStage):
 # ---------------------------------------------------------------------------
 # choosing stages by name
 
-DOWN_BLOCKS: dict[str, type[_DownStage]] = {
+DOWN_BLOCKS: dict[str, type[nn.Module]] = {
     "DownBlock2D": DownBlock2D,
     "CrossAttnDownBlock2D": CrossAttnDownBlock2D,
     "ResnetDownsampleBlock2D": ResnetDownsampleBlock2D,
     "SimpleCrossAttnDownBlock2D": SimpleCrossAttnDownBlock2D,
+    "KDownBlock2D": KDownBlock2D,
+    "KCrossAttnDownBlock2D": KCrossAttnDownBlock2D,
 }
-UP_BLOCKS: dict[str, type[_UpStage]] = {
+UP_BLOCKS: dict[str, type[nn.Module]] = {
     "UpBlock2D": UpBlock2D,
     "CrossAttnUpBlock2D": CrossAttnUpBlock2D,
     "ResnetUpsampleBlock2D": ResnetUpsampleBlock2D,
     "SimpleCrossAttnUpBlock2D": SimpleCrossAttnUpBlock2D,
+    "KUpBlock2D": KUpBlock2D,
+    "KCrossAttnUpBlock2D": KCrossAttnUpBlock2D,
 }
 MID_BLOCKS: dict[str, type[_MidStage]] = {
     "UNetMidBlock2DSimpleCrossAttn": UNetMidBlock2DSimpleCrossAttn,
@@ -591,6 +601,9 @@ def _build(registry: dict[str, type], kind: str, block_type: str, settings: dict
 
 def get_down_block(down_block_type: str, **settings: Any) -> nn.Module:
     """Build a down stage by name from UNet-level settings (the reference's ``get_down_block`` keywords)."""
+    if down_block_type == "KCrossAttnDownBlock2D":
+        # the upscaler's lowest stage (the one without a downsampler) also attends to itself
+        settings = dict(settings, add_self_attention=not settings.get("add_downsample", True))
     return _build(DOWN_BLOCKS, "down", down_block_type, settings)
 
 

@@ -1,4 +1,4 @@
-"""``UNet2DConditionModel``: the conditional denoising UNet of Kandinsky 2.x and Stable Diffusion.
+"""``UNet2DConditionModel``: the conditional denoising UNet of Kandinsky 2.x, Stable Diffusion and its upscalers.
 
 One public class with the reference's config fields, assembled from parts the config
 chooses, in reading order:
@@ -14,6 +14,13 @@ chooses, in reading order:
 3. *the U*: ``conv_in``, ``down_blocks``, ``mid_block``, ``up_blocks`` (stages chosen by
    name, see ``unet_2d_blocks``), ``conv_norm_out`` / ``conv_act`` / ``conv_out``.
 
+Parts 1, 2 and the down stages are built and run by ``UNetConditioningMixin``, which
+``ControlNetModel`` shares. The SD x4 upscaler is this UNet with ``in_channels=7`` (latents
+plus the low-resolution picture) and a class embedding of the noise level
+(``num_class_embeds=1000``, ``class_labels=noise_level``); the x2 latent upscaler uses the
+k-diffusion stages (``unet_k_blocks``) with a Fourier time embedding, its
+``timestep_cond`` projected into it (``time_cond_proj_dim``) and no mid stage.
+
 ``forward(sample, timestep, encoder_hidden_states, added_cond_kwargs=...)`` returns a
 ``UNet2DConditionOutput`` (``.sample``) or a 1-tuple. Kandinsky 2.2 checkpoints have
 ``out_channels=8``: the predicted noise and the learned variance, split by the scheduler.
@@ -21,7 +28,6 @@ chooses, in reading order:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,22 +36,11 @@ from torch import nn
 
 from ..checkpoint.config import register_to_config
 from ..checkpoint.modeling import ModelMixin
-from ..nn import attention as attention_layers
 from ..nn.activations import get_activation
-from ..nn.embeddings import (
-    GaussianFourierProjection,
-    ImageHintTimeEmbedding,
-    ImageProjection,
-    ImageTimeEmbedding,
-    TextImageProjection,
-    TextImageTimeEmbedding,
-    TimestepEmbedding,
-    Timesteps,
-)
+from ..nn.embeddings import ImageHintTimeEmbedding, TimestepEmbedding
 from ..outputs import BaseOutput
-from .unet_2d_blocks import get_down_block, get_mid_block, get_up_block
-
-logger = logging.getLogger(__name__)
+from .unet_2d_blocks import get_mid_block, get_up_block
+from .unet_conditioning import UNetConditioningMixin, check_shape, mask_to_bias, per_block
 
 _ENCODER_HID_TYPES = (None, "text_proj", "text_image_proj", "image_proj")
 _ADDITION_TYPES = (None, "text_image", "text_time", "image", "image_hint")
@@ -59,26 +54,7 @@ class UNet2DConditionOutput(BaseOutput):
     sample: torch.Tensor = None
 
 
-def _per_block(value: Any, count: int, name: str) -> list:
-    """A setting given once or once per down block -> a list with one entry per down block."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise ValueError(f"{name} must have one entry per down block ({count}), got {len(value)}: {value}")
-        return list(value)
-    return [value] * count
-
-
-def _check_shape(name: str, tensor: Any, expected: tuple) -> None:
-    """``tensor`` must have ``len(expected)`` dims; int entries of ``expected`` must match exactly."""
-    ok = isinstance(tensor, torch.Tensor) and tensor.ndim == len(expected) and all(
-        not isinstance(want, int) or size == want for size, want in zip(tensor.shape, expected))
-    if not ok:
-        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        shown = "(" + ", ".join(str(want) for want in expected) + ")"
-        raise ValueError(f"{name} must have shape {shown}, got {got}")
-
-
-class UNet2DConditionModel(ModelMixin):
+class UNet2DConditionModel(UNetConditioningMixin, ModelMixin):
     """Conditional 2D UNet; config fields and weight names are those of the reference."""
 
     _supports_gradient_checkpointing = False
@@ -171,12 +147,12 @@ class UNet2DConditionModel(ModelMixin):
                 mid_block_only_cross_attention = only_cross_attention
         if mid_block_only_cross_attention is None:
             mid_block_only_cross_attention = False
-        only_cross_attention = _per_block(only_cross_attention, count, "only_cross_attention")
-        num_attention_heads = _per_block(num_attention_heads, count, "attention_head_dim")
-        attention_head_dim = _per_block(attention_head_dim, count, "attention_head_dim")
-        cross_attention_dim = _per_block(cross_attention_dim, count, "cross_attention_dim")
-        layers_per_block = _per_block(layers_per_block, count, "layers_per_block")
-        transformer_layers_per_block = _per_block(transformer_layers_per_block, count, "transformer_layers_per_block")
+        only_cross_attention = per_block(only_cross_attention, count, "only_cross_attention")
+        num_attention_heads = per_block(num_attention_heads, count, "attention_head_dim")
+        attention_head_dim = per_block(attention_head_dim, count, "attention_head_dim")
+        cross_attention_dim = per_block(cross_attention_dim, count, "cross_attention_dim")
+        layers_per_block = per_block(layers_per_block, count, "layers_per_block")
+        transformer_layers_per_block = per_block(transformer_layers_per_block, count, "transformer_layers_per_block")
         blocks_time_embed_dim = time_embed_dim * 2 if class_embeddings_concat else time_embed_dim
         shared = dict(
             temb_channels=blocks_time_embed_dim, resnet_eps=norm_eps, resnet_act_fn=act_fn,
@@ -189,20 +165,13 @@ class UNet2DConditionModel(ModelMixin):
 
         # both lists exist before the mid stage so that parameters are ordered as in the reference
         # (down, up, mid), which keeps state dicts and shard splits identical
-        self.down_blocks = nn.ModuleList()
+        self.down_blocks = self._build_down_blocks(
+            down_block_types, block_out_channels, layers_per_block=layers_per_block,
+            transformer_layers_per_block=transformer_layers_per_block, cross_attention_dim=cross_attention_dim,
+            num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
+            only_cross_attention=only_cross_attention, downsample_padding=downsample_padding, **shared, **stage_only,
+        )
         self.up_blocks = nn.ModuleList()
-        output_channel = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            input_channel, output_channel = output_channel, block_out_channels[i]
-            self.down_blocks.append(get_down_block(
-                block_type, num_layers=layers_per_block[i],
-                transformer_layers_per_block=transformer_layers_per_block[i], in_channels=input_channel,
-                out_channels=output_channel, add_downsample=i < count - 1,
-                cross_attention_dim=cross_attention_dim[i], num_attention_heads=num_attention_heads[i],
-                downsample_padding=downsample_padding, only_cross_attention=only_cross_attention[i],
-                attention_head_dim=attention_head_dim[i] if attention_head_dim[i] is not None else output_channel,
-                **shared, **stage_only,
-            ))
 
         self.mid_block = get_mid_block(
             mid_block_type, in_channels=block_out_channels[-1], output_scale_factor=mid_block_scale_factor,
@@ -283,98 +252,6 @@ class UNet2DConditionModel(ModelMixin):
             raise ValueError("reverse_transformer_layers_per_block is required when transformer_layers_per_block "
                              "lists per-layer counts (asymmetric UNet)")
 
-    def _build_time_proj(self, kind: str, block_out_channels, flip_sin_to_cos: bool, freq_shift: float,
-                         time_embedding_dim: int | None) -> tuple[int, int]:
-        if kind == "fourier":
-            time_embed_dim = time_embedding_dim or block_out_channels[0] * 2
-            if time_embed_dim % 2:
-                raise ValueError(f"the fourier time embedding width must be even, got {time_embed_dim}")
-            self.time_proj = GaussianFourierProjection(time_embed_dim // 2, set_W_to_weight=False, log=False,
-                                                       flip_sin_to_cos=flip_sin_to_cos)
-            return time_embed_dim, time_embed_dim
-        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
-        return time_embedding_dim or block_out_channels[0] * 4, block_out_channels[0]
-
-    def _build_encoder_hid_proj(self, kind: str | None, encoder_hid_dim: int | None, cross_attention_dim) -> None:
-        if kind is None and encoder_hid_dim is not None:
-            kind = "text_proj"  # the reference's default when only the width is given
-            self.register_to_config(encoder_hid_dim_type=kind)
-        if kind is not None and encoder_hid_dim is None:
-            raise ValueError(f"encoder_hid_dim must be set when encoder_hid_dim_type is {kind!r}")
-        self.encoder_hid_proj = None
-        if kind == "text_proj":
-            self.encoder_hid_proj = nn.Linear(encoder_hid_dim, cross_attention_dim)
-        elif kind == "text_image_proj":
-            self.encoder_hid_proj = TextImageProjection(text_embed_dim=encoder_hid_dim,
-                                                        image_embed_dim=cross_attention_dim,
-                                                        cross_attention_dim=cross_attention_dim)
-        elif kind == "image_proj":
-            self.encoder_hid_proj = ImageProjection(image_embed_dim=encoder_hid_dim,
-                                                    cross_attention_dim=cross_attention_dim)
-
-    @staticmethod
-    def _build_class_embedding(kind, num_class_embeds, act_fn, projection_dim, time_embed_dim,
-                               timestep_input_dim) -> nn.Module | None:
-        if kind is None:
-            return nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
-        if kind == "timestep":
-            return TimestepEmbedding(timestep_input_dim, time_embed_dim, act_fn=act_fn)
-        if kind == "identity":
-            return nn.Identity()
-        if projection_dim is None:
-            raise ValueError(f"class_embed_type={kind!r} needs projection_class_embeddings_input_dim")
-        if kind == "projection":
-            return TimestepEmbedding(projection_dim, time_embed_dim)
-        return nn.Linear(projection_dim, time_embed_dim)  # "simple_projection"
-
-    def _build_add_embedding(self, kind, addition_time_embed_dim, flip_sin_to_cos, freq_shift, cross_attention_dim,
-                             encoder_hid_dim, projection_dim, time_embed_dim) -> None:
-        if kind == "text_image":
-            # Kandinsky 2.1 feeds both the pooled text and the image embedding at cross_attention_dim
-            self.add_embedding = TextImageTimeEmbedding(text_embed_dim=cross_attention_dim,
-                                                        image_embed_dim=cross_attention_dim,
-                                                        time_embed_dim=time_embed_dim)
-        elif kind == "text_time":
-            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
-            self.add_embedding = TimestepEmbedding(projection_dim, time_embed_dim)
-        elif kind == "image":
-            self.add_embedding = ImageTimeEmbedding(image_embed_dim=encoder_hid_dim, time_embed_dim=time_embed_dim)
-        elif kind == "image_hint":
-            self.add_embedding = ImageHintTimeEmbedding(image_embed_dim=encoder_hid_dim,
-                                                        time_embed_dim=time_embed_dim)
-
-    # -- attention processors ------------------------------------------------
-
-    @property
-    def attn_processors(self) -> dict[str, Any]:
-        """Every attention layer's processor, keyed by ``"<module path>.processor"``."""
-        return attention_layers.attn_processors(self)
-
-    def set_attn_processor(self, processor) -> None:
-        """Set one processor for every attention layer, or a dict keyed like ``attn_processors``."""
-        attention_layers.set_attn_processor(self, processor)
-
-    def set_default_attn_processor(self) -> None:
-        """Use the reference's default (explicit matmul + softmax) processors."""
-        attention_layers.set_default_attn_processor(self)
-
-    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
-        """Accepted for compatibility: PyTorch SDPA (the default) already uses memory-efficient kernels."""
-        logger.info("xformers is not used: attention runs through torch scaled_dot_product_attention")
-        for module in self.modules():
-            if isinstance(module, attention_layers.Attention):
-                module.set_use_memory_efficient_attention_xformers(True, attention_op)
-
-    def disable_xformers_memory_efficient_attention(self) -> None:
-        for module in self.modules():
-            if isinstance(module, attention_layers.Attention):
-                module.set_use_memory_efficient_attention_xformers(False)
-
-    def set_attention_slice(self, slice_size: str | int | list[int] | None = "auto") -> None:
-        """Accepted for compatibility; SDPA bounds attention memory without slicing, so nothing changes."""
-        if slice_size is not None and not isinstance(slice_size, (str, int, list)):
-            raise TypeError(f"slice_size must be 'auto', 'max', an int or a list of ints, got {slice_size!r}")
-
     # -- forward ---------------------------------------------------------------
 
     def forward(
@@ -409,33 +286,22 @@ class UNet2DConditionModel(ModelMixin):
 
         # the upsamplers must hit the skip sizes exactly when the sample is not a multiple of 2**n
         upsample_to_skip = any(size % 2**self.num_upsamplers for size in sample.shape[-2:])
-        attention_mask = self._mask_to_bias(attention_mask, sample.dtype)
-        encoder_attention_mask = self._mask_to_bias(encoder_attention_mask, sample.dtype)
+        attention_mask = mask_to_bias(attention_mask, sample.dtype)
+        encoder_attention_mask = mask_to_bias(encoder_attention_mask, sample.dtype)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
 
         # 1. time vector and condition tokens
-        emb = self.time_embedding(self._time_features(sample, timestep), timestep_cond)
-        class_emb = self._class_embedding(sample, class_labels)
-        if class_emb is not None:
-            emb = torch.cat([emb, class_emb], dim=-1) if self.config.class_embeddings_concat else emb + class_emb
-        aug_emb, hint = self._addition_embedding(emb, encoder_hidden_states, added_cond_kwargs)
+        emb, hint = self._time_vector(sample, timestep, timestep_cond, class_labels, encoder_hidden_states,
+                                      added_cond_kwargs)
         if hint is not None:
             sample = torch.cat([sample, hint], dim=1)
-        if aug_emb is not None:
-            emb = emb + aug_emb
-        if self.time_embed_act is not None:
-            emb = self.time_embed_act(emb)
         encoder_hidden_states = self._condition_tokens(encoder_hidden_states, added_cond_kwargs)
         attention = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                          cross_attention_kwargs=cross_attention_kwargs, encoder_attention_mask=encoder_attention_mask)
 
         # 2. down
-        sample = self.conv_in(sample)
-        skips: tuple[torch.Tensor, ...] = (sample,)
-        for down_block in self.down_blocks:
-            sample, block_skips = down_block(sample, emb, **attention)
-            skips += block_skips
+        sample, skips = self._down(self.conv_in(sample), emb, attention)
         if down_block_additional_residuals is not None:
             # ControlNet: its features are added to every skip and to the mid output
             if len(down_block_additional_residuals) != len(skips):
@@ -469,25 +335,18 @@ class UNet2DConditionModel(ModelMixin):
     def _check_inputs(self, sample, encoder_hidden_states, added_cond_kwargs) -> None:
         """Fail before any compute, naming the argument that is off and what it needs."""
         self._check_sample(sample)
-        required = self._required_conditions()
-        missing = [key for key in required if added_cond_kwargs.get(key) is None]
-        if missing:
-            raise ValueError(
-                f"added_cond_kwargs must contain {required} for this UNet (encoder_hid_dim_type="
-                f"{self.config.encoder_hid_dim_type!r}, addition_embed_type={self.config.addition_embed_type!r}); "
-                f"missing {missing}"
-            )
+        required = self._check_required_conditions(added_cond_kwargs)
         batch = sample.shape[0]
         if "image_embeds" in required:
-            _check_shape("added_cond_kwargs['image_embeds']", added_cond_kwargs["image_embeds"],
-                         (batch, self._image_embed_width()))
+            check_shape("added_cond_kwargs['image_embeds']", added_cond_kwargs["image_embeds"],
+                        (batch, self._image_embed_width()))
         if "hint" in required:
             self._check_hint(added_cond_kwargs["hint"], sample)
         if self.config.encoder_hid_dim_type != "image_proj":
             # image_proj (Kandinsky 2.2) makes its tokens from image_embeds; the others read these
             width = self.config.encoder_hid_dim if self.config.encoder_hid_dim_type else self.config.cross_attention_dim
-            _check_shape("encoder_hidden_states", encoder_hidden_states,
-                         (batch, "tokens", width if isinstance(width, int) else "features"))
+            check_shape("encoder_hidden_states", encoder_hidden_states,
+                        (batch, "tokens", width if isinstance(width, int) else "features"))
 
     def _check_sample(self, sample) -> None:
         if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
@@ -500,18 +359,13 @@ class UNet2DConditionModel(ModelMixin):
                 + (" (plus 4 from the hint)" if hint_channels else "")
                 + f": got shape {tuple(sample.shape)}"
             )
-
-    def _required_conditions(self) -> list[str]:
-        """The ``added_cond_kwargs`` keys this config reads."""
-        kind, addition = self.config.encoder_hid_dim_type, self.config.addition_embed_type
-        required = []
-        if kind in ("image_proj", "text_image_proj") or addition in ("image", "image_hint", "text_image"):
-            required.append("image_embeds")
-        if addition == "image_hint":
-            required.append("hint")
-        if addition == "text_time":
-            required += ["text_embeds", "time_ids"]
-        return required
+        if not all(getattr(stage, "follows_skip_sizes", True) for stage in self.up_blocks):
+            # k-diffusion stages: their upsamplers always double, and their blur pads by reflection
+            factor = 2**self.num_upsamplers
+            if any(size % factor or size < 2 * factor for size in sample.shape[-2:]):
+                raise ValueError(f"sample height and width must be multiples of {factor} and at least {2 * factor} "
+                                 f"for this UNet (its {self.config.up_block_types[0]} up stages always double the "
+                                 f"size), got {tuple(sample.shape[-2:])}")
 
     def _image_embed_width(self) -> int | str:
         # Kandinsky 2.2 embeds are encoder_hid_dim wide; 2.1 feeds them at cross_attention_dim
@@ -531,64 +385,3 @@ class UNet2DConditionModel(ModelMixin):
             got = tuple(hint.shape) if isinstance(hint, torch.Tensor) else type(hint).__name__
             raise ValueError(f"added_cond_kwargs['hint'] must have shape {expected} (an image 8x the latent "
                              f"size), got {got}")
-
-    @staticmethod
-    def _mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """(batch, tokens) keep=1 / discard=0 -> additive bias (batch, 1, tokens), as the reference does."""
-        if mask is None:
-            return None
-        return ((1 - mask.to(dtype)) * -10000.0).unsqueeze(1)
-
-    def _time_features(self, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """Sinusoidal (or Fourier) features of ``timestep``, one row per batch item, in the sample's dtype."""
-        if not torch.is_tensor(timestep):
-            if not isinstance(timestep, (int, float)):
-                raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
-            dtype = torch.float64 if isinstance(timestep, float) else torch.int64
-            if sample.device.type == "mps":
-                dtype = torch.float32 if dtype == torch.float64 else torch.int32
-            timestep = torch.tensor([timestep], dtype=dtype, device=sample.device)
-        elif timestep.ndim == 0:
-            timestep = timestep[None].to(sample.device)
-        if timestep.ndim != 1 or timestep.shape[0] not in (1, sample.shape[0]):
-            raise ValueError(
-                f"timestep must be a number, a 0-d tensor or a 1-d tensor of length 1 or {sample.shape[0]} "
-                f"(the batch), got shape {tuple(timestep.shape)}"
-            )
-        return self.time_proj(timestep.expand(sample.shape[0])).to(dtype=sample.dtype)
-
-    def _class_embedding(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
-        if self.class_embedding is None:
-            return None
-        if class_labels is None:
-            raise ValueError("class_labels must be given: this UNet has a class embedding")
-        if self.config.class_embed_type == "timestep":
-            class_labels = self.time_proj(class_labels).to(dtype=sample.dtype)
-        return self.class_embedding(class_labels).to(dtype=sample.dtype)
-
-    def _addition_embedding(self, emb, encoder_hidden_states, added):
-        """The vector added to the time embedding, and the hint features (Kandinsky ControlNet) or None."""
-        kind = self.config.addition_embed_type
-        if kind == "image":
-            return self.add_embedding(added["image_embeds"]), None
-        if kind == "image_hint":
-            return self.add_embedding(added["image_embeds"], added["hint"])
-        if kind == "text_image":
-            text_embeds = added.get("text_embeds", encoder_hidden_states)
-            return self.add_embedding(text_embeds, added["image_embeds"]), None
-        if kind == "text_time":
-            text_embeds = added["text_embeds"]
-            time_embeds = self.add_time_proj(added["time_ids"].flatten()).reshape(text_embeds.shape[0], -1)
-            return self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)), None
-        return None, None
-
-    def _condition_tokens(self, encoder_hidden_states, added):
-        """The tokens cross-attention attends to, per ``encoder_hid_dim_type``."""
-        kind = self.config.encoder_hid_dim_type
-        if kind == "text_proj":
-            return self.encoder_hid_proj(encoder_hidden_states)
-        if kind == "text_image_proj":
-            return self.encoder_hid_proj(encoder_hidden_states, added["image_embeds"])
-        if kind == "image_proj":
-            return self.encoder_hid_proj(added["image_embeds"])
-        return encoder_hidden_states

@@ -18,16 +18,15 @@ import torch
 from torch import nn
 
 from ..checkpoint import ModelMixin, register_to_config
-from ..nn.activations import get_activation
 from ..outputs import BaseOutput
 from .autoencoder_parts import (
-    DECODER_BLOCK_TYPES,
-    ENCODER_BLOCK_TYPES,
     NORM_TYPES,
     SPATIAL_NORM_GROUPS,
     Decoder,
+    DecoderOutput,
     Encoder,
-    legacy_key_renames,
+    LegacyAttentionKeys,
+    check_config,
 )
 
 
@@ -36,14 +35,6 @@ class VQEncoderOutput(BaseOutput):
     """What ``VQModel.encode`` returns: ``latents`` of shape (batch, vq_embed_dim, height / f, width / f)."""
 
     latents: torch.Tensor
-
-
-@dataclass
-class DecoderOutput(BaseOutput):
-    """What ``VQModel.decode`` returns: the image ``sample`` and the codebook ``commit_loss`` (per the reference)."""
-
-    sample: torch.Tensor
-    commit_loss: torch.Tensor | None = None
 
 
 class VectorQuantizer(nn.Module):
@@ -86,7 +77,7 @@ class VectorQuantizer(nn.Module):
         return z_q
 
 
-class VQModel(ModelMixin):
+class VQModel(LegacyAttentionKeys, ModelMixin):
     """Vector-quantised autoencoder (VQ-VAE / MoVQ) with the ``diffusers.VQModel`` interface.
 
     Parts: ``encoder`` -> ``quant_conv`` -> [``quantize``] -> ``post_quant_conv`` -> ``decoder``.
@@ -184,14 +175,6 @@ class VQModel(ModelMixin):
     def disable_tiling(self) -> None:
         pass
 
-    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict",
-                     dtype: torch.dtype | None = None) -> None:
-        """As ``ModelMixin.load_weights``, also accepting the old attention key names of early checkpoints."""
-        renames = legacy_key_renames(self)
-        if any(key in renames for key in state):
-            state = {renames.get(key, key): tensor for key, tensor in state.items()}
-        super().load_weights(state, source=source, dtype=dtype)
-
     # ------------------------------------------------------------------ internals
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,18 +248,6 @@ class VQModel(ModelMixin):
 def _check_config(down_block_types, up_block_types, block_out_channels, layers_per_block, act_fn,
                   norm_num_groups, norm_type, latent_channels, vq_embed_dim) -> None:
     """Reject configs the reference would fail on late (or silently misbuild), naming the field."""
-    levels = len(block_out_channels)
-    if levels == 0:
-        raise ValueError("block_out_channels must list at least one width, got an empty sequence")
-    for name, types, allowed in (("down_block_types", down_block_types, ENCODER_BLOCK_TYPES),
-                                 ("up_block_types", up_block_types, DECODER_BLOCK_TYPES)):
-        if len(types) != levels:
-            raise ValueError(
-                f"{name} must have one entry per block_out_channels entry ({levels}), got {len(types)}: {list(types)}"
-            )
-        unknown = [t for t in types if t not in allowed]
-        if unknown:
-            raise ValueError(f"{name} may only contain {list(allowed)}, got {unknown}")
     if norm_type not in NORM_TYPES:
         raise ValueError(f"norm_type must be one of {list(NORM_TYPES)}, got {norm_type!r}")
     if norm_type == "spatial" and vq_embed_dim != latent_channels:
@@ -285,15 +256,5 @@ def _check_config(down_block_types, up_block_types, block_out_channels, layers_p
             f"norm_type='spatial' needs vq_embed_dim == latent_channels (the spatial norms are conditioned "
             f"on the quantised latents), got vq_embed_dim={vq_embed_dim}, latent_channels={latent_channels}"
         )
-    if not isinstance(layers_per_block, int) or layers_per_block < 1:
-        raise ValueError(f"layers_per_block must be a positive int, got {layers_per_block!r}")
-    get_activation(act_fn)  # raises ValueError naming the supported activations
-    groups = [norm_num_groups] + ([SPATIAL_NORM_GROUPS] if norm_type == "spatial" else [])
-    for width in block_out_channels:
-        for group_count in groups:
-            if width % group_count:
-                raise ValueError(
-                    f"every block_out_channels entry must be divisible by the number of norm groups "
-                    f"({group_count}{', fixed by SpatialNorm' if group_count != norm_num_groups else ''}), "
-                    f"got {width} in {list(block_out_channels)}"
-                )
+    check_config(down_block_types, up_block_types, block_out_channels, layers_per_block, act_fn, norm_num_groups,
+                 extra_groups=(SPATIAL_NORM_GROUPS,) if norm_type == "spatial" else ())

@@ -8,6 +8,7 @@ Diffusion) only declare their components and their ``__call__``.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 import logging
@@ -32,14 +33,18 @@ from ..checkpoint import (
     resolve_folder,
     split_hub_kwargs,
 )
-from ..checkpoint.config import FORMAT_VERSION
+from ..checkpoint.config import FORMAT_VERSION, check_config_values, config_errors_name
+from ..checkpoint.dtypes import available_device
 from ..checkpoint.folders import connected_pipeline
-from ..checkpoint.weights import shard_size_bytes
+from ..checkpoint.weights import check_variant, shard_size_bytes
 from ..checkpoint.registry import reference_library
 from ..outputs import BaseOutput
 from . import offload
 
 logger = logging.getLogger("sfumato")
+
+# folders whose model cards are being followed right now (to refuse cards that name each other)
+_CONNECTING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("connecting", default=())
 
 # the files a pipeline needs from a hub snapshot (weights are filtered by variant)
 _HUB_PATTERNS = ["model_index.json", "README.md", "*/*.json", "*/*.txt", "*/*.model", "*/*.tiktoken"]
@@ -131,7 +136,7 @@ class DiffusionPipeline(ConfigMixin):
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         dtype = parse_dtype(dtype, "dtype") if dtype is not None else None
         if device is not None:
-            device = _available_device(device)
+            device = available_device(device)
             offload.disable(self)
         for _, module in self._modules():
             module.to(device=device, dtype=dtype)
@@ -211,10 +216,10 @@ class DiffusionPipeline(ConfigMixin):
         torch_dtype = kwargs.pop("torch_dtype", None)
         if "dtype" in kwargs:  # the reference's newer spelling of torch_dtype
             torch_dtype = kwargs.pop("dtype")
-        variant = kwargs.pop("variant", None)
+        variant = check_variant(kwargs.pop("variant", None))
         use_safetensors = kwargs.pop("use_safetensors", None)
         for ignored in ("low_cpu_mem_usage", "device_map", "safety_checker", "requires_safety_checker"):
-            if ignored in kwargs and ignored not in cls._component_names():
+            if ignored in kwargs and ignored not in inspect.signature(cls.__init__).parameters:
                 kwargs.pop(ignored)
         if isinstance(torch_dtype, dict):
             for name, value in torch_dtype.items():
@@ -233,7 +238,12 @@ class DiffusionPipeline(ConfigMixin):
         name = index.get("_class_name")
         if not isinstance(name, str):
             raise CheckpointError(f"{str(folder / 'model_index.json')!r} has no _class_name naming the pipeline")
-        return resolve_class("diffusers", name, component="_class_name")
+        pipeline_class = resolve_class("diffusers", name, component="_class_name")
+        if not (isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline)) \
+                or pipeline_class is DiffusionPipeline:
+            raise CheckpointError(f"{str(folder / 'model_index.json')!r}: _class_name {name!r} is not a pipeline "
+                                  f"class (e.g. 'KandinskyV22Pipeline')")
+        return pipeline_class
 
     @classmethod
     def _from_index(cls, folder: Path, index: dict, torch_dtype: Any, variant: str | None,
@@ -298,8 +308,17 @@ class DiffusionPipeline(ConfigMixin):
             if isinstance(torch_dtype, dict):
                 torch_dtype = {k[len(prefix) + 1:] if k.startswith(prefix + "_") else k: v
                                for k, v in torch_dtype.items()}
-            sub = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, variant=variant,
-                                                    use_safetensors=use_safetensors, **passed)
+            chain = _CONNECTING.get() + (Path(folder).resolve(),)
+            if isinstance(source, Path) and source.resolve() in chain:
+                names = " -> ".join(str(p) for p in chain + (source.resolve(),))
+                raise CheckpointError(f"model cards name each other in a cycle: {names}; a decoder's card must "
+                                      f"name a prior folder that does not name it back")
+            token = _CONNECTING.set(chain)
+            try:
+                sub = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, variant=variant,
+                                                        use_safetensors=use_safetensors, **passed)
+            finally:
+                _CONNECTING.reset(token)
             components.update({f"{prefix}_{name}": c for name, c in sub.components.items()})
         return components
 
@@ -326,7 +345,9 @@ class DiffusionPipeline(ConfigMixin):
                 raise ValueError(
                     f"{cls.__name__}.from_pipe: {type(pipeline).__name__} has no component {name!r}; pass {name}=..."
                 )
-        settings = {k: v for k, v in kwargs.items() if k in init_params}
+        # settings (requires_safety_checker) carry over from the pipeline unless given
+        settings = {k: pipeline.config[k] for k in cls._config_only_arguments() if k in pipeline.config}
+        settings.update({k: v for k, v in kwargs.items() if k in init_params})
         extra = [k for k in kwargs if k not in init_params]
         if extra:
             raise TypeError(f"{cls.__name__}.from_pipe got unexpected keyword arguments {extra}")
@@ -340,7 +361,9 @@ class DiffusionPipeline(ConfigMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
                         variant: str | None = None, max_shard_size: int | str | None = None, **kwargs: Any) -> None:
         """Write ``model_index.json`` and every component; nothing is left behind if it fails."""
-        shard_size_bytes(max_shard_size or "10GB")
+        max_shard_size = "10GB" if max_shard_size is None else max_shard_size
+        shard_size_bytes(max_shard_size)
+        check_variant(variant)
         with atomic_folder(save_directory) as staging:
             index = {"_class_name": type(self).__name__, "_diffusers_version": FORMAT_VERSION}
             index.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()})
@@ -349,7 +372,7 @@ class DiffusionPipeline(ConfigMixin):
             for name, component in self.components.items():
                 if component is None:
                     continue
-                save_component(component, staging / name, safe_serialization, variant, max_shard_size or "10GB")
+                save_component(component, staging / name, safe_serialization, variant, max_shard_size)
 
 
 def _library_and_class(component: Any) -> tuple[str | None, str | None]:
@@ -364,18 +387,6 @@ def _library_and_class(component: Any) -> tuple[str | None, str | None]:
     if sfumato._EXPORTS.get(klass.__name__) == klass.__module__ or klass.__module__.startswith("sfumato."):
         return (reference_library(klass.__name__), klass.__name__)
     return (klass.__module__.split(".")[0], klass.__name__)
-
-
-def _available_device(device: str | torch.device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"to(): {device!r} is not a device ({error})") from None
-    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
-    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
-        raise ValueError(f"to({str(device)!r}): this PyTorch build or machine has no {device.type} device; "
-                         f"use 'cpu'")
-    return device
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -406,12 +417,19 @@ def load_component(folder: Path, name: str, entry: Any, dtype: torch.dtype | Non
     sub = folder / name
     if not sub.is_dir():
         raise CheckpointError(f"component folder {str(sub)!r} is missing (model_index.json lists {name!r})")
+    if issubclass(klass, DiffusionPipeline):
+        raise CheckpointError(f"model_index.json entry for {name!r} names the pipeline class {class_name!r}; "
+                              f"a component is a model, scheduler, tokenizer or processor")
     component_variant = variant if variant and _has_variant(sub, variant) else None
     if isinstance(klass, type) and issubclass(klass, ModelMixin):
         return klass.from_pretrained(sub, torch_dtype=dtype, variant=component_variant,
                                      use_safetensors=use_safetensors)
     if isinstance(klass, type) and issubclass(klass, ConfigMixin):  # schedulers and other configs
-        return klass.from_config(read_json(sub / klass.config_name, what=f"{name} config"))
+        config_file = sub / klass.config_name
+        config = read_json(config_file, what=f"{name} config")
+        check_config_values(config, str(config_file))
+        with config_errors_name(config_file):
+            return klass.from_config(config)
     return _load_foreign(klass, sub, dtype, component_variant, use_safetensors)
 
 
@@ -425,7 +443,8 @@ def _load_foreign(klass: type, folder: Path, dtype, variant, use_safetensors) ->
         if use_safetensors is not None:
             kwargs["use_safetensors"] = use_safetensors
     try:
-        component = klass.from_pretrained(str(folder), **kwargs)
+        # code inside a checkpoint never runs: transformers would otherwise ask on stdin whether it may
+        component = klass.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"could not load {klass.__name__} from {str(folder)!r}: {error}") from None
     if isinstance(component, nn.Module):

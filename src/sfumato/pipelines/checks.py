@@ -43,6 +43,14 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def steps_fit(num_inference_steps: int, scheduler: Any) -> None:
+    """No more inference steps than the schedule has training steps."""
+    train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if isinstance(train_steps, int) and num_inference_steps > train_steps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} is more than the scheduler's "
+                         f"num_train_timesteps={train_steps}; use at most {train_steps}")
+
+
 def number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -69,7 +77,7 @@ def size(height: Any, width: Any, multiple: int) -> None:
                 lower = max(multiple, value // multiple * multiple)
                 hint = f" (e.g. {lower} or {lower + multiple})"
             raise ValueError(
-                f"{name} must be a positive multiple of {multiple} for this MoVQ and UNet, got {value!r}{hint}"
+                f"{name} must be a positive multiple of {multiple} for this autoencoder and UNet, got {value!r}{hint}"
             )
 
 
@@ -93,6 +101,8 @@ def as_batch(name: str, value: Any, ndim: int) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} has batch size 0; pass at least one")
     return finite(name, value)
 
 
@@ -181,3 +191,73 @@ def merge_legacy_callback(callback_on_step_end: Callable | None, callback: Calla
         return updates
 
     return both
+
+
+def custom_schedule(timesteps: Any, sigmas: Any) -> None:
+    """``timesteps`` or ``sigmas`` (one of them at most): a non-empty list of finite numbers."""
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("pass timesteps or sigmas, not both: each sets the whole schedule")
+    for name, values in (("timesteps", timesteps), ("sigmas", sigmas)):
+        if values is None:
+            continue
+        if isinstance(values, torch.Tensor):
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"{name} must be a non-empty list of numbers, got {values!r:.80}")
+        for value in values:
+            number(name, value)
+
+
+def latents(value: torch.Tensor, expected: Sequence[int], what: str = "this call") -> None:
+    """Caller-given starting latents must have the shape the pipeline would draw (channels named first)."""
+    expected = tuple(expected)
+    if value.ndim != len(expected):
+        raise ValueError(f"latents must have shape {expected} for {what}, got {tuple(value.shape)}")
+    if value.shape[1] != expected[1]:
+        raise ValueError(f"latents have {value.shape[1]} channels, but this pipeline's latent space has "
+                         f"{expected[1]} (shape {expected}); latents from another model cannot be used here")
+    if tuple(value.shape) != expected:
+        raise ValueError(f"latents have shape {tuple(value.shape)}, but {what} needs {expected} "
+                         f"(samples, channels, height / scale, width / scale)")
+
+
+def prompt_inputs(prompt: Any, prompt_embeds: Any, negative_prompt: Any, negative_prompt_embeds: Any, *,
+                  width: int | None) -> tuple[list[str] | None, torch.Tensor | None, list[str] | None,
+                                              torch.Tensor | None, int]:
+    """A prompt given as text or as embeddings (one way each), its negative likewise, checked against each other.
+
+    Returns ``(prompts, prompt_embeds, negative_prompts, negative_prompt_embeds, count)``: text as lists
+    (negative prompts default to "" for every prompt), embeddings as 3-d tensors of ``width``, the other
+    of each pair None, and the number of prompts.
+    """
+    if prompt is not None and prompt_embeds is not None:
+        raise ValueError("pass prompt or prompt_embeds, not both: prompt_embeds are an already encoded prompt")
+    if prompt is None and prompt_embeds is None:
+        raise ValueError("prompt or prompt_embeds is required")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass negative_prompt or negative_prompt_embeds, not both")
+    texts = embeds = negative_texts = negative_embeds = None
+    if prompt_embeds is not None:
+        embeds = _text_embeds("prompt_embeds", prompt_embeds, width)
+        count = embeds.shape[0]
+    else:
+        texts = prompts("prompt", prompt)
+        count = len(texts)
+    if negative_prompt_embeds is None:
+        negative_texts = negative_prompts(negative_prompt, count)
+        return texts, embeds, negative_texts, None, count
+    negative_embeds = _text_embeds("negative_prompt_embeds", negative_prompt_embeds, width)
+    if embeds is not None and negative_embeds.shape != embeds.shape:
+        raise ValueError(f"negative_prompt_embeds has shape {tuple(negative_embeds.shape)}, but prompt_embeds "
+                         f"has {tuple(embeds.shape)}; they must have the same shape")
+    if negative_embeds.shape[0] != count:
+        raise ValueError(f"negative_prompt_embeds has {negative_embeds.shape[0]} rows, but there are {count} "
+                         f"prompts; pass one negative embedding per prompt")
+    return texts, embeds, None, negative_embeds, count
+
+
+def _text_embeds(name: str, value: Any, width: int | None) -> torch.Tensor:
+    embeds = as_batch(name, value, 3)
+    if isinstance(width, int) and embeds.shape[-1] != width:
+        raise ValueError(f"{name} has width {embeds.shape[-1]}, but this UNet reads text embeddings of width {width}")
+    return embeds

@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
+from . import checks
 from .base import DiffusionPipeline
-from .generation import Request
 
 PRIOR = "prior_"
 
@@ -65,20 +65,24 @@ class PriorDecoderPipeline(DiffusionPipeline):
         call = {k: v for k, v in call.items() if k not in ("self", "__class__")}
         prompt, n, generator = call["prompt"], call["num_images_per_prompt"], call.get("generator")
         decoder_kwargs = {k: v for k, v in call.items() if k not in _PRIOR_KEYWORDS}
-        Request.of(decoder_kwargs).check(self.decoder_pipe)
-        count = len(prompt) if isinstance(prompt, (list, tuple)) else 1
+        count = len(checks.prompts("prompt", prompt))
+        checks.positive_int("num_images_per_prompt", n)
         for name in _PICTURES:
             if name in decoder_kwargs:
                 decoder_kwargs[name] = per_embedding(name, decoder_kwargs[name], count, n)
+        if self.decoder_takes_prompt:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(n)]
+        # every decoder argument is checked, on stand-in embeddings, before the prior runs
+        stand_in = torch.zeros(count * n, self.prior_pipe.prior.config.embedding_dim)
+        with self.decoder_pipe.checking_only():
+            self.decoder_pipe(image_embeds=stand_in, negative_image_embeds=stand_in, **decoder_kwargs)
         callbacks = {k[len(PRIOR):]: call[k] for k in _PRIOR_CALLBACKS if k in call}
         embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=call["negative_prompt"],
                                            num_images_per_prompt=n, num_inference_steps=call["prior_num_inference_steps"],
                                            generator=generator, latents=call["latents"],
                                            guidance_scale=call["prior_guidance_scale"], output_type="pt",
                                            return_dict=False, **callbacks)
-        if self.decoder_takes_prompt:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(n)]
         return self.decoder_pipe(image_embeds=embeds, negative_image_embeds=negative, **decoder_kwargs)
 
 

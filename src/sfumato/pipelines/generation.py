@@ -14,10 +14,15 @@ three things to ``GenerationPipeline.generate``, by keyword:
 A family is a ``GenerationPipeline`` subclass that supplies how it conditions,
 predicts and decodes; guidance, callbacks, offload hooks, progress and output
 wrapping live here, once. Every input is checked before the first model runs.
+
+Sizes a call leaves out (``height=None``) are filled in by the task: text-to-image
+and inpainting take the family's default (Stable Diffusion: the UNet's sample
+size), image-to-image the picture's own size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,18 +32,22 @@ from .. import limits
 from ..image.processor import OUTPUT_TYPES
 from . import checks
 from .base import DiffusionPipeline, ImagePipelineOutput
-from .loop import denoise
+from .loop import denoise, noised_latents
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
     """The keywords every generation shares, under the reference's names."""
 
-    height: int = 512
-    width: int = 512
+    height: int | None = None
+    width: int | None = None
     num_inference_steps: int = 100
+    timesteps: Sequence[int] | None = None
+    sigmas: Sequence[float] | None = None
     guidance_scale: float = 4.0
+    guidance_rescale: float = 0.0
     num_images_per_prompt: int = 1
+    eta: float = 0.0
     generator: Any = None
     latents: torch.Tensor | None = None
     output_type: str | None = "pil"
@@ -65,12 +74,21 @@ class Request:
             raise TypeError(f"unexpected keyword arguments {unknown}")
         return cls(**{**values, **extra})
 
+    def sized(self, height: int | None, width: int | None) -> "Request":
+        """This request for pictures of ``height`` x ``width``."""
+        return dataclasses.replace(self, height=height, width=width)
+
     def check(self, pipeline: "GenerationPipeline") -> None:
         checks.one_of("output_type", self.output_type or "pil", OUTPUT_TYPES)
         checks.positive_int("num_inference_steps", self.num_inference_steps)
         checks.positive_int("num_images_per_prompt", self.num_images_per_prompt)
         checks.number("guidance_scale", self.guidance_scale)
+        checks.number("guidance_rescale", self.guidance_rescale)
+        checks.number("eta", self.eta)
+        checks.custom_schedule(self.timesteps, self.sigmas)
         checks.size(self.height, self.width, pipeline.size_multiple())
+        limits.check_request(pictures=self.num_images_per_prompt, height=self.height, width=self.width)
+        checks.steps_fit(self.num_inference_steps, pipeline.scheduler)
         checks.callable_or_none("callback_on_step_end", self.callback_on_step_end)
         checks.callable_or_none("callback", self.callback)
         checks.callback_names(pipeline, self.callback_on_step_end_tensor_inputs)
@@ -90,7 +108,8 @@ class Start:
 
     ``tensors`` are extra named inputs of the model (inpainting's masked picture
     and mask), one per sample; the body doubles them for guidance. ``after_step``
-    rewrites the latents after every scheduler step, ``finish`` once at the end.
+    rewrites the latents after every scheduler step, ``finish`` once at the end;
+    ``finish_images`` rewrites the final PIL pictures (inpainting pastes a crop back).
     """
 
     latents: torch.Tensor
@@ -98,16 +117,39 @@ class Start:
     tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     after_step: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None
     finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+    finish_images: Callable[[list], list] | None = None
 
 
 class GenerationPipeline(DiffusionPipeline):
     """A pipeline on the shared body. Families fill in the hooks below; tasks come from ``tasks``."""
+
+    # what ``__call__`` returns with ``return_dict`` (without it: the tuple of ``outputs``' values)
+    output_class: type = ImagePipelineOutput
+    # inpainting re-noises the known region with the starting noise; a family whose reference uses the
+    # starting latents instead (scaled by the scheduler's init_noise_sigma) says so
+    inpaint_noise_from_start_latents: bool = False
 
     # ------------------------------------------------------------------ what a family supplies
 
     def size_multiple(self) -> int:
         """Heights and widths must be multiples of this."""
         raise NotImplementedError
+
+    def default_size(self, height: int | None, width: int | None) -> tuple[int | None, int | None]:
+        """``height`` and ``width``, the family's defaults where they are None (by default it has none)."""
+        return height, width
+
+    def picture_size(self, pixels: torch.Tensor) -> tuple[int, int]:
+        """(height, width) of pictures as ``preprocess_pictures`` gives them."""
+        return tuple(pixels.shape[-2:])
+
+    def guidance_weight(self, guidance_scale: float) -> float:
+        """The weight w of a guided prediction ``uncond + w * (cond - uncond)`` for ``guidance_scale``.
+
+        The scale itself, except in a family that counts it from the conditional
+        prediction (Kandinsky 3: ``(s + 1) * cond - s * uncond``).
+        """
+        return guidance_scale
 
     def check_conditioning(self, conditioning: dict[str, Any], request: Request) -> int:
         """Check the family's inputs (no model runs) and return the number of prompts / embeddings.
@@ -128,11 +170,21 @@ class GenerationPipeline(DiffusionPipeline):
         """Final latents -> pictures as ``output_type`` asks (never called for ``"latent"``)."""
         raise NotImplementedError
 
+    def outputs(self, latents: torch.Tensor, output_type: str) -> dict[str, Any]:
+        """The fields of ``output_class`` for the final latents (a family that reports more adds its fields)."""
+        return {"images": latents if output_type == "latent" else self.decode(latents, output_type)}
+
+    def noise_pictures(self, clean: torch.Tensor, *, timesteps: torch.Tensor, strength: float,
+                       generator: Any) -> torch.Tensor:
+        """A picture's latents noised to where the image-to-image schedule starts."""
+        return noised_latents(clean=clean, scheduler=self.scheduler, timestep=timesteps[:1], generator=generator)
+
     # ------------------------------------------------------------------ the body
 
     @torch.no_grad()
     def generate(self, *, conditioning: dict[str, Any], task: Any, request: Request):
         # 1. everything that can be wrong is found before any model runs
+        request = request.sized(*task.size(self, request))
         request.check(self)
         batch = self.check_conditioning(conditioning, request)
         limits.check_request(pictures=batch * request.num_images_per_prompt, height=request.height,
@@ -140,6 +192,8 @@ class GenerationPipeline(DiffusionPipeline):
         checks.generators(request.generator, batch * request.num_images_per_prompt)
         task.check(self, request, batch)
         callback = request.step_callback(self.scheduler)
+        if self._checking_only:
+            return None
 
         # 2. condition
         self._guidance_scale = request.guidance_scale
@@ -147,14 +201,16 @@ class GenerationPipeline(DiffusionPipeline):
         tensors = self.condition(conditioning, request, guided)
 
         # 3. starting latents
-        self.scheduler.set_timesteps(request.num_inference_steps, device=self._execution_device)
+        request = self._set_timesteps(request)
         start = task.start(self, request, batch)
         tensors.update({name: for_guidance(value, guided) for name, value in start.tensors.items()})
 
         # 4. denoise
         latents = denoise(self, latents=start.latents, timesteps=start.timesteps, predict=self.predict,
-                          guidance_scale=request.guidance_scale, guided=guided, tensors=tensors,
-                          generator=request.generator, after_step=start.after_step, callback_on_step_end=callback,
+                          guidance_scale=self.guidance_weight(request.guidance_scale),
+                          guidance_rescale=request.guidance_rescale,
+                          guided=guided, tensors=tensors, generator=request.generator, eta=request.eta,
+                          after_step=start.after_step, callback_on_step_end=callback,
                           callback_on_step_end_tensor_inputs=request.callback_on_step_end_tensor_inputs
                           or ["latents"])
         if start.finish is not None:
@@ -162,9 +218,43 @@ class GenerationPipeline(DiffusionPipeline):
 
         # 5. decode
         output_type = request.output_type or "pil"
-        images = latents if output_type == "latent" else self.decode(latents, output_type)
+        fields = self.outputs(latents, output_type)
+        if start.finish_images is not None and output_type == "pil":
+            fields["images"] = start.finish_images(fields["images"])
         self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if request.return_dict else (images,)
+        return self.output_class(**fields) if request.return_dict else tuple(fields.values())
+
+    def _set_timesteps(self, request: Request) -> Request:
+        """Lay out the scheduler's steps: ``num_inference_steps`` of them, or the caller's ``timesteps`` / ``sigmas``.
+
+        Custom ones decide the number of steps; the request returned says how many.
+        """
+        device = self._execution_device
+        if request.timesteps is None and request.sigmas is None:
+            self.scheduler.set_timesteps(request.num_inference_steps, device=device)
+            return request
+        name = "timesteps" if request.timesteps is not None else "sigmas"
+        try:
+            self.scheduler.set_timesteps(device=device, **{name: list(getattr(request, name))})
+        except TypeError:
+            raise ValueError(f"{name} were given, but {type(self.scheduler).__name__} does not take custom {name}; "
+                             f"use num_inference_steps, or a scheduler that takes them (e.g. EulerDiscreteScheduler)"
+                             ) from None
+        return dataclasses.replace(request, num_inference_steps=len(self.scheduler.timesteps))
+
+    _checking_only = False
+
+    @contextlib.contextmanager
+    def checking_only(self):
+        """Calls inside this block check every input, then return ``None`` before any model runs.
+
+        A combined pipeline checks its decoder's arguments this way before its prior runs.
+        """
+        self._checking_only = True
+        try:
+            yield self
+        finally:
+            self._checking_only = False
 
     @property
     def model_dtype(self) -> torch.dtype:

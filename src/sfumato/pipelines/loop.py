@@ -36,6 +36,17 @@ def guide(output: torch.Tensor, scale: float, latent_channels: int) -> torch.Ten
     return classifier_free_guidance(uncond, cond, scale)
 
 
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
+    """Pull a guided prediction's spread back towards the conditional one's (Lin et al. 2023, sec. 3.4).
+
+    High guidance scales overexpose; matching the per-sample standard deviation
+    of the conditional prediction fixes that, ``factor`` says how much.
+    """
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return factor * rescaled + (1 - factor) * guided
+
+
 def timesteps_for_strength(scheduler: Any, num_inference_steps: int, strength: float) -> torch.Tensor:
     """The tail of the schedule that image-to-image runs: ``strength`` of ``num_inference_steps``.
 
@@ -79,6 +90,15 @@ def keeps_predicted_variance(scheduler: Any) -> bool:
     return bool(getattr(scheduler, "accepts_predicted_variance", False))
 
 
+def accepts_eta(scheduler: Any) -> bool:
+    """Whether the scheduler's ``step`` takes ``eta`` (DDIM's share of fresh noise per step).
+
+    A capability the scheduler states (``accepts_eta = True``), as the reference's
+    documentation says: eta applies to DDIM and is ignored by the other schedulers.
+    """
+    return bool(getattr(scheduler, "accepts_eta", False))
+
+
 def denoise(
     pipeline: Any,
     *,
@@ -86,9 +106,11 @@ def denoise(
     timesteps: torch.Tensor,
     predict: Predict,
     guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
     guided: bool = False,
     tensors: Mapping[str, Any] | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    eta: float = 0.0,
     after_step: AfterStep | None = None,
     callback_on_step_end: Callable | None = None,
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -97,7 +119,9 @@ def denoise(
 
     ``predict(model_input, t, tensors)`` runs the model; with ``guided`` it gets the
     latents twice (unconditional half first) and the ``tensors`` it reads are
-    doubled the same way. ``after_step(latents, i, t)`` may rewrite the latents
+    doubled the same way; ``guidance_rescale`` tempers strong guidance
+    (``rescale_guidance``). ``eta`` goes to schedulers that take it
+    (``accepts_eta``). ``after_step(latents, i, t)`` may rewrite the latents
     after each scheduler step (inpainting puts the known region back).
     ``callback_on_step_end(pipeline, i, t, {name: tensor})`` sees the named
     ``tensors`` (``latents`` included) and may return replacements for them.
@@ -106,16 +130,20 @@ def denoise(
     tensors = {**(tensors or {}), "latents": latents}
     latent_channels = latents.shape[1]
     keep_variance = keeps_predicted_variance(scheduler)
+    step_options = {"eta": eta} if accepts_eta(scheduler) else {}
     pipeline._num_timesteps = len(timesteps)
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         latents = tensors["latents"]
         model_input = torch.cat([latents] * 2) if guided else latents
         output = predict(scheduler.scale_model_input(model_input, t), t, tensors)
         if guided:
+            cond = output.chunk(2)[1]
             output = guide(output, guidance_scale, latent_channels)
+            if guidance_rescale > 0:
+                output = rescale_guidance(output, cond, guidance_rescale)
         if output.shape[1] > latent_channels and not keep_variance:
             output = output[:, :latent_channels]
-        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
+        latents = scheduler.step(output, t, latents, generator=generator, **step_options).prev_sample
         if after_step is not None:
             latents = after_step(latents, i, t)
         tensors["latents"] = latents

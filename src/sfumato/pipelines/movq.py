@@ -13,7 +13,6 @@ import torch
 
 from ..image import ImageProcessor, kandinsky_latent_mask, postprocess, prepare_mask_and_masked_image
 from .generation import GenerationPipeline
-from .loop import noised_latents
 
 
 class MoVQLatents(GenerationPipeline):
@@ -22,6 +21,9 @@ class MoVQLatents(GenerationPipeline):
     # output_type="pt" gives the MoVQ's raw [-1, 1] output in the reference's text-to-image,
     # inpaint and ControlNet pipelines and [0, 1] in its image-to-image ones; we keep its numbers
     pt_output_in_unit_range = False
+    # the 2.2 reference re-noises the known region of an inpainting with its starting latents, which a
+    # scheduler's init_noise_sigma has scaled (1 for DDPM / DDIM); kept for its numbers
+    inpaint_noise_from_start_latents = True
 
     @property
     def movq_scale_factor(self) -> int:
@@ -44,16 +46,17 @@ class MoVQLatents(GenerationPipeline):
     def preprocess_pictures(self, image: Any, height: int, width: int) -> torch.Tensor:
         return self.image_processor.preprocess(image, height, width)
 
-    def encode_pictures(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.movq.encode(pixels.to(device=self._execution_device, dtype=self.model_dtype))["latents"]
+    def encode_pictures(self, pixels: torch.Tensor, generator: Any = None) -> torch.Tensor:
+        """The MoVQ's latents of ``pixels`` (it draws nothing, so ``generator`` is not used)."""
+        # the MoVQ may run in another dtype than the UNet (torch_dtype per component)
+        latents = self.movq.encode(pixels.to(device=self._execution_device, dtype=self.movq.dtype))["latents"]
+        return latents.to(self.model_dtype)
 
-    def noise_pictures(self, clean: torch.Tensor, *, timesteps: torch.Tensor, strength: float,
-                       generator: Any) -> torch.Tensor:
-        """A picture's latents noised to where the image-to-image schedule starts."""
-        return noised_latents(clean=clean, scheduler=self.scheduler, timestep=timesteps[:1], generator=generator)
-
-    def inpaint_pixels(self, image: Any, mask_image: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def inpaint_pixels(self, image: Any, mask_image: Any, height: int, width: int,
+                       crop: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The keep mask (1 = keep) and the picture in [-1, 1], checked, at pixel size."""
+        if crop is not None:
+            raise ValueError("padding_mask_crop is not supported by the Kandinsky inpainting pipelines")
         self._check_inpaint_unet()
         keep, pixels = prepare_mask_and_masked_image(image, mask_image, height, width)
         if keep.shape[-2:] != pixels.shape[-2:]:
@@ -68,12 +71,17 @@ class MoVQLatents(GenerationPipeline):
             )
         return keep, pixels
 
-    def inpaint_latents(self, keep: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keep mask at latent size (its repaint region grown by a latent pixel) and the picture's latents."""
-        image_latents = self.encode_pictures(pixels)
+    def inpaint_inputs(self, keep: torch.Tensor, pixels: torch.Tensor, *, image_latents: torch.Tensor | None,
+                       generator: Any = None, masked_image_latents: Any = None) -> tuple[dict, torch.Tensor]:
+        """The UNet's inpainting inputs (the keep mask at latent size, its repaint region grown by a latent
+        pixel, and the picture's latents masked by it) and that keep mask, one row per row of ``keep``."""
+        if masked_image_latents is not None:
+            raise ValueError("masked_image_latents is not supported by the Kandinsky inpainting pipelines")
+        if image_latents is None:
+            image_latents = self.encode_pictures(pixels)
         keep = kandinsky_latent_mask(keep.to(device=image_latents.device, dtype=image_latents.dtype),
                                      image_latents.shape[-2:])
-        return keep, image_latents
+        return {"mask_image": keep, "masked_image": image_latents * keep}, keep
 
     def _check_inpaint_unet(self) -> None:
         latent = self.movq.config.latent_channels
@@ -94,7 +102,7 @@ class MoVQLatents(GenerationPipeline):
     # ------------------------------------------------------------------ pictures out
 
     def decode(self, latents: torch.Tensor, output_type: str) -> Any:
-        decoded = self.movq.decode(latents, force_not_quantize=True)["sample"]
+        decoded = self.movq.decode(latents.to(self.movq.dtype), force_not_quantize=True)["sample"]
         return postprocess(decoded, output_type, denormalize_pt=self.pt_output_in_unit_range)
 
 

@@ -75,13 +75,15 @@ class ImageEmbeddingPrior(DiffusionPipeline):
 
     # ------------------------------------------------------------------ sampling
 
-    def sample_embeds(self, *, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
-                      guidance_scale, output_type, return_dict, callback_on_step_end=None,
-                      callback_on_step_end_tensor_inputs=None, latents=None, start_embeds=None, strength=None):
-        """Run the prior: from noise, or (``start_embeds``) from embeddings noised to ``strength``."""
+    def check_inputs(self, *, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
+                     guidance_scale, output_type, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None,
+                     latents=None, strength=None):
+        """Check every argument before a model runs; returns the prompts to encode (negatives appended when
+        given: they get their own embeddings), their negatives and the latents."""
         prompt = checks.prompts("prompt", prompt)
         negative_prompt = None if negative_prompt is None else checks.prompts("negative_prompt", negative_prompt)
         checks.positive_int("num_inference_steps", num_inference_steps)
+        checks.steps_fit(num_inference_steps, self.scheduler)
         checks.positive_int("num_images_per_prompt", num_images_per_prompt)
         limits.check_count(len(prompt) * num_images_per_prompt)
         checks.number("guidance_scale", guidance_scale)
@@ -96,7 +98,6 @@ class ImageEmbeddingPrior(DiffusionPipeline):
             # the negative prompts get their own embeddings (the decoder's negative_image_embeds)
             negative_prompt = negative_prompt * (len(prompt) // len(negative_prompt))
             prompt, negative_prompt = prompt + negative_prompt, 2 * negative_prompt
-
         batch = len(prompt) * num_images_per_prompt
         checks.generators(generator, batch)
         if latents is not None:
@@ -104,6 +105,18 @@ class ImageEmbeddingPrior(DiffusionPipeline):
             if tuple(latents.shape) != (batch, self.prior.config.embedding_dim):
                 raise ValueError(f"latents has shape {tuple(latents.shape)}, but this call needs "
                                  f"{(batch, self.prior.config.embedding_dim)}")
+        return prompt, negative_prompt, latents
+
+    def sample_embeds(self, *, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
+                      guidance_scale, output_type, return_dict, callback_on_step_end=None,
+                      callback_on_step_end_tensor_inputs=None, latents=None, start_embeds=None, strength=None):
+        """Run the prior: from noise, or (``start_embeds``) from embeddings noised to ``strength``."""
+        prompt, negative_prompt, latents = self.check_inputs(
+            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, generator=generator, guidance_scale=guidance_scale,
+            output_type=output_type, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, latents=latents, strength=strength)
+        batch = len(prompt) * num_images_per_prompt
 
         device = self._execution_device
         self._guidance_scale = guidance_scale
@@ -177,6 +190,12 @@ class ImageEmbeddingPrior(DiffusionPipeline):
             raise ValueError("images_and_prompts must not be empty")
         for index, weight in enumerate(weights):
             checks.number(f"weights[{index}]", weight)
+        for index, item in enumerate(images_and_prompts):
+            if isinstance(item, torch.Tensor):
+                checks.finite(f"images_and_prompts[{index}]", item)
+            elif not isinstance(item, (str, PIL.Image.Image)):
+                raise TypeError(f"images_and_prompts[{index}] must be a str, PIL.Image.Image or torch.Tensor, "
+                                f"got {type(item).__name__}")
         device = device or self.device
         weighted = []
         for item, weight in zip(images_and_prompts, weights):
@@ -199,7 +218,15 @@ class ImageEmbeddingPrior(DiffusionPipeline):
 
     def start_embeds(self, image, num_images_per_prompt: int) -> torch.Tensor:
         """Where emb2emb starts: the pictures' CLIP embeddings (or embeddings given as an (N, D) tensor)."""
+        import PIL.Image
+
         images = image if isinstance(image, list) else [image]
+        if not images or not all(isinstance(i, (torch.Tensor, PIL.Image.Image)) for i in images):
+            raise TypeError(f"image must be a PIL image, a tensor (pixels or embeddings) or a non-empty list of "
+                            f"them, got {type(image).__name__} {image!r:.80}")
+        for index, item in enumerate(images):
+            if isinstance(item, torch.Tensor):
+                checks.finite(f"image[{index}]", item)
         if isinstance(images[0], torch.Tensor):
             images = torch.cat(images, dim=0)
             if images.ndim == 2:  # already image embeddings

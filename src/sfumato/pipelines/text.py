@@ -41,3 +41,18 @@ def encode_with_negatives(encode: Callable[[list[str]], Sequence[torch.Tensor]],
     if guided:
         outputs = tuple(torch.cat([negative, positive]) for negative, positive in zip(encode(negative_prompts), outputs))
     return tuple(x.repeat_interleave(num_images_per_prompt, dim=0) for x in outputs)
+
+
+def clip_hidden_states(text_encoder: Any, input_ids: torch.Tensor, clip_skip: int | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A CLIP text encoder's token states: the last layer's, or with ``clip_skip`` that many layers earlier.
+
+    Earlier layers still go through the final layer norm, as the last one does
+    (``clip_skip=1`` is the penultimate layer, as Stable Diffusion UIs count).
+    """
+    if clip_skip is None:
+        return text_encoder(input_ids, attention_mask=attention_mask)[0]
+    hidden = text_encoder(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    # transformers 5 keeps the layers on the model itself, earlier versions under .text_model
+    final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return final_layer_norm(hidden[-(clip_skip + 1)])

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import ConfigMixin, read_json, resolve_folder, split_hub_kwargs
+from ..checkpoint.config import check_config_values, config_errors_name
+from ..checkpoint.errors import CheckpointError
 from ..outputs import BaseOutput
 from . import schedules
 
@@ -136,6 +138,9 @@ class SchedulerMixin(ConfigMixin):
     def _setup(self) -> None:
         """Build the scheduler's state from ``self.config``; each class adds its own part after ``super()``'s."""
 
+    #: Whether ``step`` takes ``eta`` (DDIM's share of fresh noise); the loop passes it only then.
+    accepts_eta = False
+
     @property
     def accepts_predicted_variance(self) -> bool:
         """Whether ``step`` uses a model's extra predicted-variance channels (else the caller drops them)."""
@@ -187,8 +192,11 @@ class SchedulerMixin(ConfigMixin):
         hub_kwargs = split_hub_kwargs(kwargs)
         folder = resolve_folder(pretrained_model_name_or_path, subfolder=subfolder,
                                 allow_patterns=[f"{subfolder}/*.json" if subfolder else "*.json"], **hub_kwargs)
-        config = read_json(folder / cls.config_name, what=f"{cls.__name__} config")
-        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        config_file = folder / cls.config_name
+        config = read_json(config_file, what=f"{cls.__name__} config")
+        check_config_values({**config, **kwargs}, str(config_file))
+        with config_errors_name(config_file):
+            return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write ``<save_directory>/scheduler_config.json`` (atomically: the old file or the new one, never half)."""
@@ -239,6 +247,10 @@ class DiscreteTimeScheduler(SchedulerMixin):
 
     def _check_config(self) -> None:
         config, owner = self.config, type(self).__name__
+        try:
+            check_config_values(dict(config), owner)
+        except CheckpointError as error:  # built in Python, not from a file: a plain argument error
+            raise ValueError(str(error)) from None
         schedules.check_choice("prediction_type", config.prediction_type, self.prediction_types, owner)
         if "timestep_spacing" in self.config_fields:
             schedules.check_choice("timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS, owner)

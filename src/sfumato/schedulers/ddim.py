@@ -27,6 +27,8 @@ class DDIMSchedulerOutput(DenoisingSchedulerOutput):
 class DDIMScheduler(DiscreteTimeScheduler):
     """Denoising diffusion implicit models: few-step, deterministic sampling for DDPM-trained models."""
 
+    accepts_eta = True
+
     config_fields = dict(
         **TRAINING_SCHEDULE_FIELDS, clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
         **THRESHOLDING_FIELDS, timestep_spacing="leading", rescale_betas_zero_snr=False,

@@ -198,7 +198,9 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         config = self.config
         kind = config.prediction_type
         if kind == "epsilon" and config.variance_type in ("learned", "learned_range"):
-            model_output = model_output[:, :3]  # the reference's convention: the first 3 channels are the noise
+            # the noise is the first half; the reference hard-codes 3 channels (DeepFloyd IF's pixels), which
+            # is the same there and wrong for 4-channel latents
+            model_output = model_output[:, :sample.shape[1]]
         sigma = self.sigmas[self.step_index]
         alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(sigma)
         if config.algorithm_type.endswith("dpmsolver++"):

@@ -23,7 +23,9 @@ class KandinskyV22PriorEmb2EmbPipeline(ImageEmbeddingPrior):
     def __call__(self, prompt, image, strength: float = 0.3, negative_prompt=None, num_images_per_prompt: int = 1,
                  num_inference_steps: int = 25, generator=None, guidance_scale: float = 4.0,
                  output_type: str | None = "pt", return_dict: bool = True):
-        checks.strength(strength, num_inference_steps)  # before the image encoder runs
+        self.check_inputs(prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+                          num_inference_steps=num_inference_steps, generator=generator, guidance_scale=guidance_scale,
+                          output_type=output_type, strength=strength)  # before the image encoder runs
         start = self.start_embeds(checks.required("image", image), num_images_per_prompt)
         return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
                                   num_images_per_prompt=num_images_per_prompt,
