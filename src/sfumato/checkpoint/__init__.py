@@ -8,8 +8,7 @@ with them before it loads anything.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "config": ("ConfigMixin", "FrozenDict", "read_json", "register_to_config", "write_text_atomic"),
@@ -21,18 +20,4 @@ _EXPORTS = {
     "registry": ("resolve_class",),
     "weights": ("find_weights", "read_state_dict", "with_variant", "write_state_dict"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -247,7 +247,7 @@ def size_multiple(ref: ModelRef) -> int | None:
         unet = json.loads((ref.folder / "unet" / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    from ..pipelines.movq import movq_size_multiple
+    from ..pipelines.sizes import movq_size_multiple
 
     try:
         return movq_size_multiple(movq, unet)

@@ -6,8 +6,7 @@ only PIL; the torch-based parts come in when they are asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "loading": ("load_image", "make_image_grid", "ImageLoadError", "REQUEST_TIMEOUT"),
@@ -40,18 +39,4 @@ _EXPORTS = {
     ),
     "depth": ("load_depth_estimator", "estimate_depth", "depth_hint", "depth_control_image"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,5 +1,13 @@
-"""Pipelines: the base class, the one denoising loop, and the model families built on them."""
+"""Pipelines: the base class, the one generation body and denoising loop, and the model families built on them.
 
-from .base import DiffusionPipeline, ImagePipelineOutput
+Names load on first use: ``sfumato.pipelines.sizes`` (what sizes a checkpoint takes, from its configs)
+works without importing torch, which the command line uses to check arguments before loading anything.
+"""
 
-__all__ = ["DiffusionPipeline", "ImagePipelineOutput"]
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {"base": ("DiffusionPipeline", "ImagePipelineOutput")}
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

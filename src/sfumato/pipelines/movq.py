@@ -6,13 +6,13 @@ latent space; both build on ``MoVQLatents``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
 
 from ..image import ImageProcessor, kandinsky_latent_mask, postprocess, prepare_mask_and_masked_image
 from .generation import GenerationPipeline
+from .sizes import movq_size_multiple
 
 
 class MoVQLatents(GenerationPipeline):
@@ -104,13 +104,3 @@ class MoVQLatents(GenerationPipeline):
     def decode(self, latents: torch.Tensor, output_type: str) -> Any:
         decoded = self.movq.decode(latents.to(self.movq.dtype), force_not_quantize=True)["sample"]
         return postprocess(decoded, output_type, denormalize_pt=self.pt_output_in_unit_range)
-
-
-def movq_size_multiple(movq_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> int:
-    """The multiple that heights and widths must have, from the MoVQ's and the UNet's configs alone.
-
-    (The command line asks this before it loads any weights.)
-    """
-    scale = 2 ** (len(movq_config["block_out_channels"]) - 1)
-    unet_factor = 2 ** (len(unet_config["block_out_channels"]) - 1)
-    return math.lcm(scale * scale, scale * unet_factor)

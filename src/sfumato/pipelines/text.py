@@ -23,9 +23,13 @@ def tokenize(tokenizer: Any, prompts: list[str], max_length: int, device) -> tup
         total = int(full.attention_mask[index].sum())
         if total > kept:
             dropped = tokenizer.decode(full.input_ids[index, kept - 1: total - 1], skip_special_tokens=True).strip()
-            shown = dropped if len(dropped) <= _SHOWN_CHARACTERS else dropped[:_SHOWN_CHARACTERS] + "..."
-            logger.warning("prompt %d is %d tokens long and this text encoder reads %d; the last %d tokens were "
-                           "dropped: %r", index, total, max_length, total - kept, shown)
+            if not dropped:
+                shown = "(only words this tokenizer does not know)"
+            else:
+                shown = repr(dropped if len(dropped) <= _SHOWN_CHARACTERS else dropped[:_SHOWN_CHARACTERS] + "...")
+            which = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+            logger.warning("%s is %d tokens long and this text encoder reads %d; the last %d tokens were "
+                           "dropped: %s", which, total, max_length, total - kept, shown)
     return tokens.input_ids.to(device), tokens.attention_mask.to(device)
 
 
