@@ -77,8 +77,14 @@ _export(
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionPipelineOutput",
+    "StableDiffusionControlNetPipeline",
+    "StableDiffusionControlNetImg2ImgPipeline",
+    "StableDiffusionLatentUpscalePipeline",
+    "StableDiffusionUpscalePipeline",
 )
 _export("pipelines.kandinsky3", "Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
+_export("pipelines.stable_diffusion_xl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline", "StableDiffusionXLPipelineOutput")
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 
 _SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata"}

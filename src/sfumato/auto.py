@@ -39,10 +39,15 @@ DECODERS: dict[str, dict[str, str]] = {
     "kandinsky22": {TEXT2IMAGE: "KandinskyV22Pipeline", IMAGE2IMAGE: "KandinskyV22Img2ImgPipeline",
                     INPAINT: "KandinskyV22InpaintPipeline"},
 }
-# the ControlNet decoders (hint + image embeddings), per task
+# the ControlNet pipelines, per task: Kandinsky 2.2's decoders (hint + image embeddings), and Stable Diffusion's
+# (a ControlNetModel beside the UNet), which AutoPipelines pick when a controlnet= is passed
 CONTROLNETS: dict[str, dict[str, str]] = {
     "kandinsky22": {TEXT2IMAGE: "KandinskyV22ControlnetPipeline", IMAGE2IMAGE: "KandinskyV22ControlnetImg2ImgPipeline"},
+    "stable-diffusion": {TEXT2IMAGE: "StableDiffusionControlNetPipeline",
+                         IMAGE2IMAGE: "StableDiffusionControlNetImg2ImgPipeline"},
 }
+# families whose AutoPipelines take a controlnet= component (the reference's "<family>-controlnet" entries)
+CONTROLNET_COMPONENT_FAMILIES = ("stable-diffusion",)
 # the priors of the two-stage families: prompt (or picture) -> image embeddings
 PRIORS: dict[str, tuple[str, ...]] = {
     "kandinsky": ("KandinskyPriorPipeline",),
@@ -80,7 +85,8 @@ def describe(class_name: str) -> tuple[str, bool, str]:
                     return family, is_decoder, task
     for family, tasks in CONTROLNETS.items():
         if class_name in tasks.values():
-            return family, True, CONTROLNET
+            # a decoder without its prior only in the two-stage families
+            return family, family in DECODERS, CONTROLNET
     for family, names in PRIORS.items():
         if class_name in names:
             return family, False, PRIOR
@@ -104,8 +110,22 @@ class _AutoPipeline:
                                f"or {type(self).__name__}.from_pipe(pipeline)")
 
     @classmethod
-    def _target(cls, class_name: str, decoder_only: bool = False) -> type:
+    def _target(cls, class_name: str, decoder_only: bool = False, controlnet: bool | None = None) -> type:
+        """This task's class in ``class_name``'s family; with ``controlnet`` (None: as ``class_name`` is) the
+        family's ControlNet class for it."""
         family, _ = family_of(class_name)
+        if family in CONTROLNET_COMPONENT_FAMILIES:
+            if controlnet is None:
+                controlnet = task_of(class_name) == CONTROLNET
+            if controlnet:
+                target = CONTROLNETS[family].get(cls.task)
+                if target is None:
+                    raise NotImplementedError(f"the {family!r} family has no ControlNet {cls.task} pipeline in sfumato "
+                                              f"({cls.__name__} from {class_name} with a controlnet)")
+                return _resolve(target)
+        elif controlnet:
+            raise ValueError(f"{cls.__name__} takes controlnet= for Stable Diffusion checkpoints only, "
+                             f"not for {class_name}")
         table = DECODERS if decoder_only and family in DECODERS else FAMILIES
         target = table[family].get(cls.task)
         if target is None:
@@ -114,7 +134,7 @@ class _AutoPipeline:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any):
-        """Load the checkpoint as this task's pipeline of its family."""
+        """Load the checkpoint as this task's pipeline of its family (its ControlNet pipeline with ``controlnet=``)."""
         from .checkpoint import read_json, resolve_folder, split_hub_kwargs
 
         hub_kwargs = split_hub_kwargs(dict(kwargs))
@@ -123,17 +143,32 @@ class _AutoPipeline:
         class_name = index.get("_class_name")
         if not isinstance(class_name, str):
             raise ValueError(f"{str(folder / 'model_index.json')!r} has no _class_name")
-        return cls._target(class_name).from_pretrained(pretrained_model_or_path, **kwargs)
+        controlnet = _wants_controlnet(kwargs)
+        return cls._target(class_name, controlnet=controlnet).from_pretrained(pretrained_model_or_path, **kwargs)
 
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any):
-        """This task's pipeline over ``pipeline``'s loaded components (nothing is loaded again)."""
+        """This task's pipeline over ``pipeline``'s loaded components (nothing is loaded again).
+
+        ``controlnet=`` a ControlNetModel gives the ControlNet pipeline for the task, ``controlnet=None`` the
+        plain one; without it a ControlNet pipeline gives a ControlNet pipeline.
+        """
         name = type(pipeline).__name__
         _, is_decoder = family_of(name)
-        target = cls._target(name, decoder_only=is_decoder)
+        target = cls._target(name, decoder_only=is_decoder, controlnet=_wants_controlnet(kwargs))
         if type(pipeline) is target and not kwargs:
             return pipeline
         return target.from_pipe(pipeline, **kwargs)
+
+
+def _wants_controlnet(kwargs: dict[str, Any]) -> bool | None:
+    """True / False when the call passes a ControlNet / ``controlnet=None`` (which is then dropped); else None."""
+    if "controlnet" not in kwargs:
+        return None
+    if kwargs["controlnet"] is None:
+        del kwargs["controlnet"]
+        return False
+    return True
 
 
 class AutoPipelineForText2Image(_AutoPipeline):

@@ -163,14 +163,27 @@ def _read_safetensors_converted(path: Path, dtype: torch.dtype) -> dict[str, tor
     Only one tensor in the file's dtype exists at a time; the file's pages stay
     in the page cache instead of the process.
     """
+    return dict(iter_tensors(path, dtype))
+
+
+def iter_tensors(path: Path, dtype: torch.dtype | None = None):
+    """``(name, tensor)`` for each tensor of a weights file, read one at a time, floating ones in ``dtype``.
+
+    A safetensors file is read with plain reads, not mapped, so a caller that
+    turns each tensor into something else (another dtype, int8) holds one
+    original at a time and none of the file's pages.
+    """
     import sys
 
-    if sys.byteorder != "little":  # safetensors is little-endian; let the library swap bytes
-        from safetensors.torch import load_file
-
-        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    header, data_start = _safetensors_header(path)
-    state: dict[str, torch.Tensor] = {}
+    convert = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    if path.suffix != ".safetensors" or sys.byteorder != "little":  # safetensors is little-endian
+        for name, tensor in _read_one(path, "cpu").items():
+            yield name, convert(tensor)
+        return
+    try:
+        header, data_start = _safetensors_header(path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"weights file {str(path)!r} is truncated or corrupt: {error}") from None
     with open(path, "rb", buffering=0) as handle:
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             stored = _SAFETENSORS_DTYPES[info["dtype"]]
@@ -178,11 +191,10 @@ def _read_safetensors_converted(path: Path, dtype: torch.dtype) -> dict[str, tor
             raw = torch.empty(end - begin, dtype=torch.uint8)
             handle.seek(data_start + begin)
             if end > begin and handle.readinto(raw.numpy()) != end - begin:
-                raise ValueError(f"tensor {name!r} ends past the end of the file")
-            tensor = raw.view(stored).reshape(info["shape"])
-            state[name] = tensor.to(dtype) if stored.is_floating_point else tensor
-            del raw, tensor
-    return state
+                raise CheckpointError(f"weights file {str(path)!r} is truncated or corrupt: tensor {name!r} ends "
+                                      f"past the end of the file")
+            yield name, convert(raw.view(stored).reshape(info["shape"]))
+            del raw
 
 
 def shard_size_bytes(max_shard_size: int | str) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -56,6 +57,9 @@ class Request:
     callback_on_step_end_tensor_inputs: Sequence[str] | None = None
     callback: Callable | None = None
     callback_steps: int = 1
+    # a cut of the schedule (SDXL's base -> refiner hand-off): start / stop that fraction of the way through
+    denoising_start: float | None = None
+    denoising_end: float | None = None
 
     @classmethod
     def of(cls, call_locals: Mapping[str, Any]) -> "Request":
@@ -86,6 +90,7 @@ class Request:
         checks.number("guidance_rescale", self.guidance_rescale)
         checks.number("eta", self.eta)
         checks.custom_schedule(self.timesteps, self.sigmas)
+        _check_denoising_cut(self.denoising_start, self.denoising_end)
         checks.size(self.height, self.width, pipeline.size_multiple())
         limits.check_request(pictures=self.num_images_per_prompt, height=self.height, width=self.width)
         checks.steps_fit(self.num_inference_steps, pipeline.scheduler)
@@ -260,6 +265,17 @@ class GenerationPipeline(DiffusionPipeline):
     def model_dtype(self) -> torch.dtype:
         """The dtype the denoiser computes in; conditioning and latents are cast to it."""
         return self.unet.dtype
+
+
+def _check_denoising_cut(start: Any, end: Any) -> None:
+    """``denoising_start`` / ``denoising_end``: fractions strictly between 0 and 1, the start before the end."""
+    for name, value in (("denoising_start", start), ("denoising_end", end)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not 0 < value < 1):
+            raise ValueError(f"{name} must be None or a fraction of the schedule strictly between 0 and 1 "
+                             f"(e.g. 0.8), got {value!r}")
+    if start is not None and end is not None and start >= end:
+        raise ValueError(f"denoising_start={start} must be before denoising_end={end}: this call would run no step")
 
 
 def per_image(tensor: torch.Tensor, num_images_per_prompt: int) -> torch.Tensor:

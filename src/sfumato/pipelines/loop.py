@@ -60,6 +60,36 @@ def timesteps_for_strength(scheduler: Any, num_inference_steps: int, strength: f
     return scheduler.timesteps[start:]
 
 
+def _cutoff(scheduler: Any, fraction: float) -> int:
+    """The training timestep ``fraction`` of the way from pure noise (t = T) to the clean picture (t = 0)."""
+    train_steps = scheduler.config.num_train_timesteps
+    return int(round(train_steps - fraction * train_steps))
+
+
+def timesteps_from(scheduler: Any, denoising_start: float) -> torch.Tensor:
+    """The part of the schedule after ``denoising_start`` (a refiner taking over from a base model's latents).
+
+    The split is at a training timestep, so the base (``timesteps_until``
+    the same fraction) and the refiner run complementary steps whatever their
+    step counts. A second-order scheduler repeats every timestep but the first;
+    the cut never falls between the two evaluations of one step.
+    """
+    count = int((scheduler.timesteps < _cutoff(scheduler, denoising_start)).sum())
+    if getattr(scheduler, "order", 1) == 2 and count % 2 == 0:
+        count += 1
+    start = len(scheduler.timesteps) - count
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+def timesteps_until(scheduler: Any, timesteps: torch.Tensor, denoising_end: float | None) -> torch.Tensor:
+    """``timesteps`` up to ``denoising_end`` of the way through the schedule (all of them for None)."""
+    if denoising_end is None:
+        return timesteps
+    return timesteps[:int((timesteps >= _cutoff(scheduler, denoising_end)).sum())]
+
+
 def noise_latents(*, shape: Sequence[int], scheduler: Any, generator=None, device=None, dtype=None,
                   latents: torch.Tensor | None = None) -> torch.Tensor:
     """Starting latents for text-to-image: seeded noise (or the caller's), at the scheduler's first sigma."""

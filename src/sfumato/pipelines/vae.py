@@ -8,7 +8,8 @@ generator, as the reference draws them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Iterator, Mapping
 
 import PIL.Image
 import torch
@@ -72,8 +73,10 @@ class VaeLatents(GenerationPipeline):
         device, dtype = self._execution_device, self.model_dtype
         if pixels.shape[1] == self.latent_channels:
             return pixels.to(device=device, dtype=dtype)
-        posterior = self.vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist
-        return self.vae.config.scaling_factor * posterior.sample(generator)
+        with self.vae_precision(decoding=False):
+            posterior = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist
+            sample = posterior.sample(generator)
+        return self.to_latents(sample.to(dtype))
 
     def inpaint_pixels(self, image: Any, mask_image: Any, height: int, width: int,
                        crop: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,9 +91,15 @@ class VaeLatents(GenerationPipeline):
         mask = self.mask_processor.preprocess(mask_image, height, width, crops_coords=crop, resize_mode=mode)
         if mask.shape[1] != 1:
             raise ValueError(f"mask_image must have one channel (white = repaint), got shape {tuple(mask.shape)}")
-        if mask.shape[-2:] != pixels.shape[-2:]:
+        # latents (another pipeline's output_type="latent") stand for pictures vae_scale_factor times their size
+        size = self.picture_size(pixels)
+        if tuple(mask.shape[-2:]) != tuple(size):
             raise ValueError(f"mask_image has size {tuple(mask.shape[-2:])} (height, width), but image has "
-                             f"{tuple(pixels.shape[-2:])}; they must be the same size")
+                             f"{tuple(size)}; they must be the same size (pass height and width to match "
+                             f"latents given as image)")
+        if pixels.shape[1] == self.latent_channels and self.unet.config.in_channels != self.latent_channels:
+            raise ValueError("image was given as latents, which cannot be masked, but this inpainting UNet also "
+                             "reads the masked picture; pass the picture itself")
         return mask, pixels.to(torch.float32)
 
     def inpaint_inputs(self, mask: torch.Tensor, pixels: torch.Tensor, *, image_latents: torch.Tensor | None,
@@ -103,10 +112,13 @@ class VaeLatents(GenerationPipeline):
         ``generator``) unless the caller gave them.
         """
         device, dtype = self._execution_device, self.model_dtype
-        masked = pixels * (mask < 0.5) if masked_image_latents is None else masked_image_latents
-        masked_latents = self.encode_pictures(masked, generator=generator)
         latent_mask = F.interpolate(mask, size=tuple(s // self.vae_scale_factor for s in mask.shape[-2:]))
         latent_mask = latent_mask.to(device=device, dtype=dtype)
+        if masked_image_latents is None and pixels.shape[1] == self.latent_channels:
+            # latents cannot be masked; only a UNet that does not read the masked picture gets here
+            return {"mask": latent_mask}, 1 - latent_mask
+        masked = pixels * (mask < 0.5) if masked_image_latents is None else masked_image_latents
+        masked_latents = self.encode_pictures(masked, generator=generator)
         return {"mask": latent_mask, "masked_image_latents": masked_latents}, 1 - latent_mask
 
     def inpaint_blends(self) -> bool:
@@ -137,11 +149,27 @@ class VaeLatents(GenerationPipeline):
             return model_input
         return torch.cat([model_input, tensors["mask"], tensors["masked_image_latents"]], dim=1)
 
+    # ------------------------------------------------------------------ the VAE's samples <-> latents
+
+    def to_latents(self, sample: torch.Tensor) -> torch.Tensor:
+        """A draw from the VAE's posterior -> the latents the UNet denoises."""
+        return self.vae.config.scaling_factor * sample
+
+    def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents the UNet denoised -> what the VAE decodes (``to_latents`` undone)."""
+        return latents / self.vae.config.scaling_factor
+
+    @contextlib.contextmanager
+    def vae_precision(self, *, decoding: bool) -> Iterator[None]:
+        """The VAE's dtype while it encodes or decodes: its own here (a family may run it in float32)."""
+        yield
+
     # ------------------------------------------------------------------ pictures out
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents -> the VAE's pictures, NCHW in about [-1, 1]."""
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        with self.vae_precision(decoding=True):
+            return self.vae.decode(self.from_latents(latents.to(self.vae.dtype)), return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor, output_type: str) -> Any:
         return postprocess(self.decode_latents(latents), output_type)

@@ -1,5 +1,11 @@
-"""Stable Diffusion 1.x / 2.x: text-to-image, image-to-image and inpainting in an ``AutoencoderKL``'s latent space."""
+"""Stable Diffusion 1.x / 2.x in an ``AutoencoderKL``'s latent space: text-to-image, image-to-image, inpainting,
+ControlNet, and the x2 latent / x4 upscalers."""
 
+from .controlnet import (
+    StableDiffusionControlNetFamily,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
+)
 from .pipeline import (
     StableDiffusionFamily,
     StableDiffusionImg2ImgPipeline,
@@ -7,6 +13,9 @@ from .pipeline import (
     StableDiffusionPipeline,
     StableDiffusionPipelineOutput,
 )
+from .upscale import StableDiffusionLatentUpscalePipeline, StableDiffusionUpscalePipeline
 
-__all__ = ["StableDiffusionFamily", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-           "StableDiffusionPipeline", "StableDiffusionPipelineOutput"]
+__all__ = ["StableDiffusionControlNetFamily", "StableDiffusionControlNetImg2ImgPipeline",
+           "StableDiffusionControlNetPipeline", "StableDiffusionFamily", "StableDiffusionImg2ImgPipeline",
+           "StableDiffusionInpaintPipeline", "StableDiffusionLatentUpscalePipeline", "StableDiffusionPipeline",
+           "StableDiffusionPipelineOutput", "StableDiffusionUpscalePipeline"]

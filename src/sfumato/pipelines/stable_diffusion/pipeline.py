@@ -54,6 +54,9 @@ class StableDiffusionFamily(VaeLatents):
     # scheduler config values of old checkpoints that the reference rewrites when it builds the pipeline
     _scheduler_fixes: Mapping[str, Any] = {"steps_offset": 1, "clip_sample": False}
 
+    # the keywords of a __call__ that say what to draw (a family that reads more names them)
+    _conditioning_keywords: tuple[str, ...] = _CONDITIONING
+
     _clip_skip: int | None = None
     _cross_attention_kwargs: dict | None = None
 
@@ -67,10 +70,10 @@ class StableDiffusionFamily(VaeLatents):
                               image_encoder=image_encoder)
         self.register_to_config(requires_safety_checker=requires_safety_checker)
 
-    @staticmethod
-    def text_conditioning(call_locals: Mapping[str, Any]) -> dict[str, Any]:
-        """The prompt keywords of a ``__call__``, taken by name from its ``locals()``."""
-        return {name: call_locals.get(name) for name in _CONDITIONING}
+    @classmethod
+    def text_conditioning(cls, call_locals: Mapping[str, Any]) -> dict[str, Any]:
+        """The prompt keywords of a ``__call__``, taken by name from its ``locals()`` (None where it has none)."""
+        return {name: call_locals.get(name) for name in cls._conditioning_keywords}
 
     @property
     def clip_skip(self) -> int | None:
@@ -144,7 +147,18 @@ class StableDiffusionFamily(VaeLatents):
     def predict(self, model_input: torch.Tensor, t: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(sample=self.with_inpaint_inputs(model_input, tensors), timestep=t,
                          encoder_hidden_states=tensors["prompt_embeds"],
-                         cross_attention_kwargs=self._cross_attention_kwargs, return_dict=False)[0]
+                         cross_attention_kwargs=self._cross_attention_kwargs,
+                         added_cond_kwargs=self.added_conditions(tensors),
+                         **self.unet_residuals(model_input, t, tensors), return_dict=False)[0]
+
+    def added_conditions(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The UNet's ``added_cond_kwargs`` (SDXL: pooled text and micro-conditioning); none here."""
+        return None
+
+    def unet_residuals(self, model_input: torch.Tensor, t: torch.Tensor,
+                       tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Features the UNet adds to its skips and mid stage at this step (a ControlNet's); none here."""
+        return {}
 
     def outputs(self, latents: torch.Tensor, output_type: str) -> dict[str, Any]:
         if output_type == "latent":
