@@ -64,29 +64,124 @@ def write_png(image: PIL.Image.Image, path: str | os.PathLike, parameters: dict[
     return path
 
 
+#: The largest ``sfumato`` chunk read back (a real record is a few KB; a chain of many steps, tens of KB).
+MAX_RECORD_BYTES = 8 * 2 ** 20
+#: How deeply a record's lists and objects may nest (a chain's picture nests its earlier steps' records).
+MAX_NESTING = 256
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
 def read_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """The parameters stored in a PNG written by sfumato; :class:`MetadataError` if there are none."""
+    """The parameters stored in a PNG written by sfumato; :class:`MetadataError` if there are none.
+
+    Only the PNG's chunk headers and its ``sfumato`` chunk are read (the pixels are not decoded), and a
+    chunk larger than :data:`MAX_RECORD_BYTES` or a record nested deeper than :data:`MAX_NESTING` is
+    refused, so a crafted file cannot make reading its parameters slow or large.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise MetadataError(f"{str(path)!r} does not exist or is not a file")
     try:
-        with PIL.Image.open(path) as picture:
-            picture.load()  # text chunks after the image data are read only with the pixels
-            chunks = dict(getattr(picture, "text", {}) or {})
-            kind = picture.format
-    except (PIL.UnidentifiedImageError, OSError) as error:
-        raise MetadataError(f"{str(path)!r} is not a picture PIL can read: {error}") from None
-    if PNG_KEY not in chunks:
-        what = "PNG" if kind == "PNG" else f"{kind or 'unknown'} picture (sfumato writes PNG)"
+        if not path.is_file():
+            raise MetadataError(f"{str(path)!r} does not exist or is not a file")
+        with open(path, "rb") as stream:
+            is_png = stream.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
+            text = _png_text(stream, path) if is_png else None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the name
+        if isinstance(error, MetadataError):
+            raise
+        raise MetadataError(f"{str(path)!r} cannot be read: {getattr(error, 'strerror', None) or error}") from None
+    if text is None:
+        what = "PNG" if is_png else f"{_format(path)} (sfumato writes PNG)"
         raise MetadataError(f"{str(path)!r} is a {what} without sfumato parameters; "
                             f"only pictures written by sfumato carry them")
     try:
-        parameters = json.loads(chunks[PNG_KEY])
+        parameters = json.loads(text)
     except json.JSONDecodeError as error:
         raise MetadataError(f"the sfumato parameters in {str(path)!r} are not valid JSON: {error}") from None
+    except RecursionError:
+        parameters = None  # nested past what the JSON reader can take: refused just below
+    if parameters is None or nesting_depth(parameters) > MAX_NESTING:
+        raise MetadataError(f"the sfumato parameters in {str(path)!r} are nested more than {MAX_NESTING} levels "
+                            f"deep; a picture sfumato made has far fewer (each earlier step adds one to three)")
     if not isinstance(parameters, dict):
         raise MetadataError(f"the sfumato parameters in {str(path)!r} are not a JSON object")
     return parameters
+
+
+def _png_text(stream, path: Path) -> str | None:
+    """The text of the PNG's ``sfumato`` chunk (``None``: there is none), read chunk header by chunk header."""
+    import struct
+    import zlib
+
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            return None  # truncated: no IEND; whatever came before was searched
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"IEND":
+            return None
+        if kind not in _TEXT_CHUNKS:
+            stream.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+            continue
+        start = stream.tell()
+        keyword = stream.read(min(length, 80)).split(b"\0", 1)[0]
+        if keyword != PNG_KEY.encode():
+            stream.seek(start + length + 4)
+            continue
+        if length > MAX_RECORD_BYTES:
+            raise MetadataError(f"the sfumato parameters in {str(path)!r} are {length} bytes, more than the "
+                                f"{MAX_RECORD_BYTES} a record may have; this is not a picture sfumato wrote")
+        stream.seek(start)
+        data = stream.read(length)
+        rest = data[len(keyword) + 1:]
+        try:
+            if kind == b"tEXt":
+                return rest.decode("latin-1")
+            if kind == b"zTXt":
+                return _inflate(rest[1:], path).decode("latin-1")
+            compressed, rest = rest[:1] == b"\1", rest[2:]
+            rest = rest.split(b"\0", 2)[-1]  # after the language tag and the translated keyword
+            return (_inflate(rest, path) if compressed else rest).decode("utf-8")
+        except (UnicodeDecodeError, zlib.error) as error:
+            raise MetadataError(f"the sfumato parameters in {str(path)!r} cannot be decoded: {error}") from None
+
+
+def _inflate(data: bytes, path: Path) -> bytes:
+    import zlib
+
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data, MAX_RECORD_BYTES + 1)
+    if len(text) > MAX_RECORD_BYTES:
+        raise MetadataError(f"the sfumato parameters in {str(path)!r} expand to more than the {MAX_RECORD_BYTES} "
+                            f"bytes a record may have; this is not a picture sfumato wrote")
+    return text
+
+
+def _format(path: Path) -> str:
+    """What kind of picture a file that is not a PNG is, in words."""
+    try:
+        with PIL.Image.open(path) as picture:
+            return f"{picture.format or 'unknown'} picture"
+    except Exception as error:  # noqa: BLE001 - any failure of PIL's format sniffing means "not a picture"
+        raise MetadataError(f"{str(path)!r} is not a picture PIL can read: {error}") from None
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            return depth  # deep enough to refuse; no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _umask() -> int:
@@ -96,4 +191,5 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["PNG_KEY", "MetadataError", "write_png", "read_parameters"]
+__all__ = ["PNG_KEY", "MAX_RECORD_BYTES", "MAX_NESTING", "MetadataError", "write_png", "read_parameters",
+           "nesting_depth"]

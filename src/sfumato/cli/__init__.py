@@ -8,6 +8,8 @@
     sfumato chain FILE                 a YAML / JSON list of steps
     sfumato info IMAGE.png             the parameters stored in a PNG
     sfumato reproduce IMAGE.png        the same pixels again
+    sfumato batch JOBS --out DIR       many pictures from a job file, locally or on Ray
+    sfumato serve                      HTTP API with a durable queue, and a web page
 
 ``main`` is the entry point of both ``sfumato`` and ``python -m sfumato``.
 User mistakes end with one ``sfumato: error: ...`` line on stderr and a
@@ -43,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as done:  # --help and --version end here
             return int(done.code or 0)
         if args.command is None:
-            raise UsageError("choose a command: generate, img2img, inpaint, interpolate, controlnet, chain, info "
-                             "or reproduce (see `sfumato --help`)")
+            raise UsageError("choose a command: generate, img2img, inpaint, interpolate, controlnet, chain, info, "
+                             "reproduce, batch or serve (see `sfumato --help`)")
         from .commands import COMMANDS
 
         with _library_output(quiet=getattr(args, "quiet", False)):

@@ -20,6 +20,7 @@ everything needed to regenerate it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import math
@@ -27,7 +28,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import UsageError
 from . import models
@@ -74,6 +75,23 @@ PREVIOUS = "$previous"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SEED_LIMIT = 2 ** 63  # torch.Generator.manual_seed takes 64-bit seeds; keep them positive and portable
+#: Characters of a prompt or negative prompt (the text encoders read a few hundred; this stops megabytes,
+#: which would also make the PNG's record too large to read back).
+MAX_PROMPT_CHARS = 10_000
+#: Steps of one chain, and earlier steps one picture may be made from (a record nests one per step).
+MAX_CHAIN_STEPS = 64
+#: Characters of a --model / --prior value or an input path (PATH_MAX on Linux).
+MAX_NAME_CHARS = 4096
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a chain file's value can be huge)."""
+    try:
+        text = repr(value) if not isinstance(value, (list, dict)) or len(value) <= limit else \
+            f"<a {type(value).__name__} of {len(value)} items>"
+    except RecursionError:
+        text = f"<a {type(value).__name__} nested too deeply to show>"
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
 
 # task -> the inputs it requires / the optional fields that make sense for it
 _REQUIRED = {
@@ -164,14 +182,20 @@ class Job:
         return named
 
     @classmethod
-    def from_mapping(cls, data: Any, where: str, record: bool = False, defaults: dict | None = None) -> "Job":
+    def from_mapping(cls, data: Any, where: str, record: bool = False, defaults: dict | None = None,
+                     _depth: int = 0) -> "Job":
         """A job from a chain step or a stored record; ``where`` names it in error messages.
 
         Chain steps may use the pipelines' keyword names (``guidance_scale``)
         and ``size: WxH``; records carry informational keys, which are skipped.
+        A record may nest the records of at most :data:`MAX_CHAIN_STEPS` earlier steps.
         """
         if not isinstance(data, dict):
             raise UsageError(f"{where} must be a mapping of parameters, got {type(data).__name__}")
+        if _depth > MAX_CHAIN_STEPS:
+            root = where.split(": ", 1)[0]  # not the input's name once per step
+            raise UsageError(f"{root}: the picture is made from more than {MAX_CHAIN_STEPS} earlier steps, one "
+                             f"nested in the other; a chain has at most {MAX_CHAIN_STEPS} steps")
         values: dict[str, Any] = {}
         known = {f.name for f in fields(cls) if f.name not in ("model_ref", "prior_ref", "index", "scheduler_class")}
         for key, value in data.items():
@@ -182,7 +206,7 @@ class Job:
                 values["width"], values["height"] = parse_size(value, f"{where}: size")
                 continue
             if name not in known:
-                raise UsageError(f"{where}: unknown key {key!r}; known keys are "
+                raise UsageError(f"{where}: unknown key {shown(key)}; known keys are "
                                  f"{', '.join(sorted(known | {'size'}))}")
             values[name] = value
         if "task" not in values or values["task"] is None:
@@ -190,7 +214,7 @@ class Job:
                              f"interpolate, or a pipeline class name)")
         task = values["task"]
         if not isinstance(task, str) or task not in TASK_NAMES:
-            raise UsageError(f"{where}: unknown task {task!r}; use one of {', '.join(TASKS)} or one of the "
+            raise UsageError(f"{where}: unknown task {shown(task)}; use one of {', '.join(TASKS)} or one of the "
                              f"pipeline classes {', '.join(k for k in TASK_NAMES if k[0].isupper())}")
         values["task"] = TASK_NAMES[task]
         if record and values["task"] == "inpaint":
@@ -200,36 +224,63 @@ class Job:
             if name not in values and values["task"] in _ONLY_FOR.get(name, TASKS):
                 values[name] = value
         hashes = (data.get("input_sha256") or {}) if record else {}
+        if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+            raise UsageError(f"{where}: input_sha256 must map input names to SHA-256 digests (strings), got "
+                             f"{shown(hashes)}")
         for name in ("image", "mask", "hint"):
             if values.get(name) is not None:
-                values[name] = _source(values[name], f"{where}: {name}", record, hashes.get(name))
+                values[name] = _source(values[name], f"{where}: {name}", record, hashes.get(name), _depth)
         if values.get("items") is not None:
             items = values["items"]
             if not isinstance(items, list) or not items:
-                raise UsageError(f"{where}: items must be a non-empty list of prompts and pictures")
-            values["items"] = [_item(item, f"{where}: items[{i}]", record, hashes.get(f"items.{i}"))
+                raise UsageError(f"{where}: items must be a non-empty list of prompts and pictures, got "
+                                 f"{shown(items)}")
+            from .. import limits
+
+            if len(items) > limits.max_images():
+                raise UsageError(f"{where}: items has {len(items)} prompts and pictures, more than the limit of "
+                                 f"{limits.max_images()} (SFUMATO_MAX_IMAGES; each is encoded like a picture)")
+            values["items"] = [_item(item, f"{where}: items[{i}]", record, hashes.get(f"items.{i}"), _depth)
                                for i, item in enumerate(items)]
         return cls(**values)
 
 
-def _source(value: Any, where: str, record: bool, sha256: str | None) -> Source:
+def _source(value: Any, where: str, record: bool, sha256: str | None, depth: int = 0) -> Source:
     if isinstance(value, Source):
         return value
     if isinstance(value, dict):  # the record of the job that made it
-        return Source(job=Job.from_mapping(value, where, record=True))
+        return Source(job=Job.from_mapping(value, where, record=True, _depth=depth + 1))
     if isinstance(value, str) and value:
+        _check_name(value, where)
         return Source(path=value, sha256=sha256)
-    raise UsageError(f"{where} must be a file path{'' if record else ' or ' + PREVIOUS}, got {value!r}")
+    raise UsageError(f"{where} must be a file path{'' if record else ' or ' + PREVIOUS}, got {shown(value)}")
 
 
-def _item(value: Any, where: str, record: bool, sha256: str | None) -> str | Source:
+def _item(value: Any, where: str, record: bool, sha256: str | None, depth: int = 0) -> str | Source:
     if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
         return value["text"]
     if isinstance(value, dict) and set(value) == {"image"}:
-        return _source(value["image"], where, record, sha256)
+        return _source(value["image"], where, record, sha256, depth)
     if isinstance(value, str) and not record:
         return classify_item(value)
-    raise UsageError(f"{where} must be a prompt, a picture path, {{text: ...}} or {{image: ...}}, got {value!r}")
+    raise UsageError(f"{where} must be a prompt, a picture path, {{text: ...}} or {{image: ...}}, got "
+                     f"{shown(value)}")
+
+
+def _check_name(value: str, where: str) -> None:
+    """A file name, folder or hub id: no control characters (a NUL cannot be opened, a newline hides in
+    messages) and not longer than a path can be."""
+    if len(value) > MAX_NAME_CHARS:
+        raise UsageError(f"{where} is {len(value)} characters long, more than a path can be ({MAX_NAME_CHARS}): "
+                         f"{shown(value, 60)}")
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise UsageError(f"{where} {shown(value)} contains the control character {bad!r}; "
+                         f"no file or model name has one")
+    longest = max(value.replace(os.sep, "/").split("/"), key=lambda part: len(part.encode("utf-8", "replace")))
+    if len(longest.encode("utf-8", "replace")) > 255:
+        raise UsageError(f"{where} {shown(value, 60)}: the name {shown(longest, 40)} in it is "
+                         f"{len(longest.encode('utf-8', 'replace'))} bytes, longer than the 255 a file system takes")
 
 
 def classify_item(text: str) -> str | Source:
@@ -252,30 +303,44 @@ def parse_size(value: Any, where: str = "--size") -> tuple[int, int]:
     """``"WxH"`` -> (width, height), positive whole numbers."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value) if isinstance(value, str) else None
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise UsageError(f"{where} must be WIDTHxHEIGHT with positive whole numbers (e.g. 64x64), got {value!r}")
+        raise UsageError(f"{where} must be WIDTHxHEIGHT with positive whole numbers (e.g. 64x64), got "
+                         f"{shown(value)}")
     return int(match.group(1)), int(match.group(2))
 
 
 def _positive_int(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UsageError(f"{where} must be a positive whole number, got {value!r}")
+        raise UsageError(f"{where} must be a positive whole number, got {shown(value)}")
 
 
 def _finite(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise UsageError(f"{where} must be a number, got {value!r}")
+        finite = "" if isinstance(value, bool) or not isinstance(value, numbers.Real) else " (a finite one)"
+        raise UsageError(f"{where} must be a number, got {shown(value)}{finite}")
 
 
 def check_seed(seed: Any, count: int = 1, where: str = "--seed") -> None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= _SEED_LIMIT - count:
-        raise UsageError(f"{where} must be a whole number from 0 to {_SEED_LIMIT - count}, got {seed!r}")
+        raise UsageError(f"{where} must be a whole number from 0 to {_SEED_LIMIT - count}, got {shown(seed)}")
 
 
 def check_values(job: Job, where: str) -> None:
     """Every field on its own and against the task (no files or models touched)."""
+    check_fields(job, where)
+    _check_task_fields(job, where)
+
+
+def check_fields(job: Job, where: str) -> None:
+    """Every field on its own: types, ranges, lengths (e.g. a chain file's defaults, before any step)."""
+    from .. import limits
+
     for name in ("steps", "prior_steps", "width", "height"):
         if getattr(job, name) is not None:
             _positive_int(getattr(job, name), f"{where}{_flag(name)}")
+    for name in ("width", "height"):  # the library's bound, before torch (settle() checks the memory)
+        if getattr(job, name) is not None and getattr(job, name) > limits.max_side():
+            raise UsageError(f"{where}{_flag(name)} {getattr(job, name)} is larger than the limit of "
+                             f"{limits.max_side()} pixels per side (set SFUMATO_MAX_SIDE to raise it)")
     for name in ("guidance", "prior_guidance"):
         if getattr(job, name) is not None:
             _finite(getattr(job, name), f"{where}{_flag(name)}")
@@ -285,19 +350,40 @@ def check_values(job: Job, where: str) -> None:
         _finite(job.strength, f"{where}--strength")
         if not 0 < job.strength <= 1:
             raise UsageError(f"{where}--strength must be in (0, 1] (the share of the denoising steps that are "
-                             f"run; 0 would leave the picture unchanged), got {job.strength!r}")
+                             f"run; 0 would leave the picture unchanged), got {shown(job.strength)}")
     for name in ("prompt", "negative_prompt", "model", "prior"):
         value = getattr(job, name)
         if value is not None and not isinstance(value, str):
-            raise UsageError(f"{where}{_flag(name)} must be a string, got {value!r}")
+            raise UsageError(f"{where}{_flag(name)} must be a string, got {shown(value)}")
+        if name in ("model", "prior") and value is not None:
+            _check_name(value, f"{where}{_flag(name)}")
+    if isinstance(job.items, list) and len(job.items) > limits.max_images():
+        raise UsageError(f"{where}items has {len(job.items)} prompts and pictures, more than the limit of "
+                         f"{limits.max_images()} (SFUMATO_MAX_IMAGES; each is encoded like a picture)")
+    texts = [(_flag(name), getattr(job, name)) for name in ("prompt", "negative_prompt")]
+    texts += [(f"items[{i}]", item) for i, item in enumerate(job.items or []) if isinstance(item, str)]
+    for flag, text in texts:
+        if text is not None and len(text) > MAX_PROMPT_CHARS:
+            raise UsageError(f"{where}{flag} is {len(text)} characters long, more than the limit of "
+                             f"{MAX_PROMPT_CHARS} (the text encoder reads only the first few hundred)")
     if job.keep_unmasked is not None and not isinstance(job.keep_unmasked, bool):
-        raise UsageError(f"{where}keep_unmasked must be true or false, got {job.keep_unmasked!r}")
-    if job.dtype not in models.DTYPES:
-        raise UsageError(f"{where}--dtype must be one of {', '.join(models.DTYPES)}, got {job.dtype!r}")
+        raise UsageError(f"{where}keep_unmasked must be true or false, got {shown(job.keep_unmasked)}")
+    if not isinstance(job.dtype, str) or job.dtype not in models.DTYPES:
+        raise UsageError(f"{where}--dtype must be one of {', '.join(models.DTYPES)}, got {shown(job.dtype)}")
+    if job.device is not None and not isinstance(job.device, str):
+        raise UsageError(f"{where}--device must be a torch device such as cpu or cuda, got {shown(job.device)}")
     if job.scheduler is not None:
-        if not isinstance(job.scheduler, str):
-            raise UsageError(f"{where}--scheduler must be a name, got {job.scheduler!r}")
-        models.scheduler_class_name(job.scheduler)
+        if not isinstance(job.scheduler, str) or len(job.scheduler) > 100:
+            raise UsageError(f"{where}--scheduler must be one of {', '.join(models.SCHEDULERS)} (or a scheduler "
+                             f"class name), got {shown(job.scheduler)}")
+        try:
+            models.scheduler_class_name(job.scheduler)
+        except UsageError as error:
+            raise UsageError(f"{where}{error}") from None
+
+
+def _check_task_fields(job: Job, where: str) -> None:
+    """The fields against the task: what it needs, what does not apply to it."""
     for name, tasks in _ONLY_FOR.items():
         if getattr(job, name) is not None and job.task not in tasks:
             raise UsageError(f"{where}{_flag(name)} does not apply to {job.task} (only to {', '.join(tasks)})")
@@ -309,9 +395,9 @@ def check_values(job: Job, where: str) -> None:
             job.weights = [1 / len(job.items)] * len(job.items)  # an even mix unless told otherwise
         if not isinstance(job.weights, list) or len(job.weights) != len(job.items):
             raise UsageError(f"{where}--weights needs one weight per item: {len(job.items)} items, got "
-                             f"{job.weights!r}")
-        for weight in job.weights:
-            _finite(weight, f"{where}each weight")
+                             f"{shown(job.weights)}")
+        for number, weight in enumerate(job.weights):
+            _finite(weight, f"{where}weights[{number}]")
     if job.prompt is not None and not job.prompt.strip():
         raise UsageError(f"{where}the prompt is empty")
 
@@ -332,10 +418,14 @@ def resolve_device(value: str | None) -> str:
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {value!r}") from None
+        raise UsageError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {shown(value)}") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not available.get(device.type, True):
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                 "xpu": getattr(torch, "xpu", None) is not None and torch.xpu.is_available()}
+    if device.type not in available:  # meta, and backends pictures cannot be made on, fail only after loading
+        raise UsageError(f"--device {shown(value)}: pictures are made on {', '.join(available)} devices, not "
+                         f"{device.type}")
+    if not available[device.type]:
         raise UsageError(f"--device {value}: no {device.type} device is available here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {value}: there are only {torch.cuda.device_count()} CUDA devices")
@@ -354,9 +444,13 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     if previous is not None:
         _feed_previous(job, previous)
     check_values(job, where)
-    model_ref = models.parse_model(job.model, job.task, f"{where}--model")
-    job.index = models.check_task(model_ref, job.task, f"{where}--model")
-    job.prior_ref = models.resolve_prior(model_ref, job.index, job.prior)
+    try:
+        model_ref = models.parse_model(job.model, job.task, f"{where}--model")
+        job.index = models.check_task(model_ref, job.task, f"{where}--model")
+        job.prior_ref = models.resolve_prior(model_ref, job.index, job.prior)
+    except OSError as error:  # e.g. a folder that cannot be read
+        named = f"--model {shown(job.model)}" + ("" if job.prior is None else f" / --prior {shown(job.prior)}")
+        raise UsageError(f"{where}{named}: {error.strerror or error}") from None
     if job.prior_ref is None and models.needs_prior(job.index) and model_ref.folder is not None:
         raise UsageError(f"{where}--model {model_ref.spec!r} is a decoder and needs a prior: its README.md names "
                          f"none; pass --prior FOLDER")
@@ -459,22 +553,86 @@ def _open(source: Source, where: str, grayscale: bool) -> None:
         raise UsageError(f"{where} is {PREVIOUS}, but there is no previous step")
     from ..image import ImageLoadError, load_image
 
+    import PIL.Image
+
+    from .. import limits
+
     is_url = source.path.startswith(("http://", "https://"))
     if not is_url:
-        if not os.path.isfile(os.path.expanduser(source.path)):
-            raise UsageError(f"{where} {source.path!r}: no such file")
+        path = os.path.expanduser(source.path)
+        if os.path.isdir(path):
+            raise UsageError(f"{where} {shown(source.path)} is a folder, not a picture")
+        if not os.path.isfile(path):
+            raise UsageError(f"{where} {shown(source.path)}: no such file")
         # the absolute path, so `sfumato reproduce` works from any working directory
-        source.path = os.path.abspath(os.path.expanduser(source.path))
+        source.path = os.path.abspath(path)
+        _check_picture_size(source.path, where, limits.max_side())
     convert = (lambda picture: picture.convert("L")) if grayscale else None
     try:
         picture = load_image(source.path, convert_method=convert)
-    except (ImageLoadError, ValueError, OSError) as error:
-        raise UsageError(f"{where} {source.path!r}: {error}") from None
+    except (ImageLoadError, ValueError, OSError, PIL.Image.DecompressionBombError) as error:
+        raise UsageError(f"{where} {shown(source.path)}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file can fail inside PIL's decoders in many ways
+        raise UsageError(f"{where} {shown(source.path)} cannot be decoded as a picture ({type(error).__name__}: "
+                         f"{error})") from None
+    if max(picture.size) > limits.max_side():  # a URL's picture, known only once downloaded
+        raise UsageError(f"{where} {shown(source.path)} is {picture.width}x{picture.height} pixels, larger than the "
+                         f"limit of {limits.max_side()} per side (set SFUMATO_MAX_SIDE to raise it)")
     digest = picture_sha256(picture)
     if source.sha256 is not None and source.sha256 != digest:
         raise UsageError(f"{where} {source.path!r} has changed since the picture was made (its pixels' SHA-256 "
                          f"differs), so the same pixels cannot be made again")
     source.picture, source.sha256 = picture, digest
+
+
+#: The option that lets a chain file name files outside the folder the command runs in.
+ALLOW_OUTSIDE = "--allow-outside-paths"
+
+
+def outside(path: str, folder: str) -> bool:
+    """Whether ``path`` (relative ones from the working directory, symbolic links followed) leaves ``folder``."""
+    real, base = os.path.realpath(os.path.expanduser(path)), os.path.realpath(folder)
+    return os.path.commonpath([real, base]) != base
+
+
+def check_inside(job: Job, folder: str, where: str = "") -> None:
+    """Refuse input pictures of ``job`` (and of the earlier jobs nested in it) that are URLs or files outside
+    ``folder``: a chain file, written by someone else, may read only what lies in the folder it runs in."""
+    for name, source in job._sources():
+        label = f"{where}{_flag(name.split('.')[0])}"
+        if source.job is not None:
+            check_inside(source.job, folder, f"{label} (made by an earlier step): ")
+        elif source.path is not None and source.path != PREVIOUS:
+            if source.path.lower().startswith(("http://", "https://")):
+                raise UsageError(f"{label} {shown(source.path)} is a URL; a chain file may only read pictures in "
+                                 f"the folder it runs in, {folder!r} (pass {ALLOW_OUTSIDE} if you trust this chain "
+                                 f"file)")
+            if outside(source.path, folder):
+                raise UsageError(f"{label} {shown(source.path)} is outside the folder the chain runs in, {folder!r}; "
+                                 f"a chain file may only read and write files inside it (pass {ALLOW_OUTSIDE} if "
+                                 f"you trust this chain file)")
+
+
+def _check_picture_size(path: str, where: str, side: int) -> None:
+    """Refuse a picture file larger than ``side`` pixels per side from its header, before decoding it (a small
+    PNG can hold a huge picture)."""
+    import warnings
+
+    import PIL.Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as opened:
+                width, height = opened.size
+    except PIL.Image.DecompressionBombError as error:
+        raise UsageError(f"{where} {shown(path)} is larger than the limit of {side} pixels per side (set "
+                         f"SFUMATO_MAX_SIDE to raise it): {error}") from None
+    except Exception:  # noqa: BLE001 - not a picture: load_image says so in its words
+        return
+    if max(width, height) > side:
+        raise UsageError(f"{where} {shown(path)} is {width}x{height} pixels, larger than the limit of {side} per "
+                         f"side (set SFUMATO_MAX_SIDE to raise it)")
 
 
 def picture_sha256(picture) -> str:
@@ -657,3 +815,89 @@ def _hint_tensor(picture, decoder: Any, width: int, height: int):
 def with_seed(job: Job, seed: int) -> Job:
     """A copy of ``job`` with another seed (inputs are shared, not copied)."""
     return replace(job, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------- many jobs, one process
+
+
+def plan(job: Job) -> list[tuple[str, models.ModelRef, models.ModelRef | None]]:
+    """Every (task, model, prior) a job needs loaded, the jobs that make its input pictures first."""
+    needed = []
+    for _, source in job._sources():
+        if source.job is not None:
+            needed.extend(plan(source.job))
+    return needed + [(job.task, job.model_ref, job.prior_ref)]
+
+
+def picture_record(job: Job, command: str, index: int = 0, count: int = 1) -> dict[str, Any]:
+    """The parameters written into a picture's PNG."""
+    record = job.to_record()
+    record["command"] = command
+    if count > 1:
+        record.update(index=index, num=count)
+    if job.device == "cpu":
+        import torch
+
+        # CPU kernels split sums by thread, so the last bit of a pixel can depend on the thread count
+        record["cpu_threads"] = torch.get_num_threads()
+    return record
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads (``None``: as is), restoring the count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def from_record(record: Any, where: str, device: str | None = None) -> Job:
+    """A checked, settled job from a stored record (a PNG's parameters, a batch job sent to a worker),
+    ready for :func:`run`; ``device`` overrides the recorded one (``None``: the record's, else the best here)."""
+    job = Job.from_mapping(record, where, record=True)
+    if job.seed is None:
+        raise UsageError(f"{where} has no seed; the picture cannot be made again")
+    check(job, where=f"{where}: ")
+    return settle(job, where=f"{where}: ", override_device=device)
+
+
+class Runner:
+    """Makes pictures job after job on models loaded once: what a long-lived process keeps (a batch
+    worker, a server).
+
+    One :class:`models.Loader` per (dtype, device), so a checkpoint loads
+    once per process whatever the order of the jobs; each picture still
+    starts from fresh schedulers and its own seeded generator (see
+    :func:`run`), so it comes out the same as when it is made alone.
+    """
+
+    def __init__(self, quiet: bool = True):
+        self.quiet = quiet
+        self._loaders: dict[tuple[str, str], models.Loader] = {}
+        self._loaded: set[tuple] = set()
+
+    def load(self, job: Job) -> models.Loader:
+        """The loader for ``job``, with everything the job needs loaded (a no-op the second time)."""
+        key = (job.dtype, job.device)
+        loader = self._loaders.get(key)
+        if loader is None:
+            loader = self._loaders[key] = models.Loader(job.dtype, job.device, self.quiet)
+        needed = [step for step in plan(job) if (key, step[0], step[1].spec, step[2] and step[2].spec)
+                  not in self._loaded]
+        if needed:
+            loader.preload(needed)
+            self._loaded.update((key, task, model.spec, prior and prior.spec) for task, model, prior in needed)
+        return loader
+
+    def make(self, job: Job, command: str, threads: int | None = None, index: int = 0, count: int = 1):
+        """(picture, its PNG record); on a CPU with ``threads`` torch threads, which the record states."""
+        loader = self.load(job)
+        with cpu_threads(threads if job.device == "cpu" else None):
+            picture = run(job, loader, quiet=self.quiet)
+            return picture, picture_record(job, command, index, count)

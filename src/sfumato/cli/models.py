@@ -21,12 +21,14 @@ before any weights load.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..demo import BUILTIN_MODELS as BUILTIN_FOLDERS
 from ..demo import DEFAULTS_FILE  # per-folder generation defaults (steps, guidance, size), read before loading
@@ -59,6 +61,40 @@ SCHEDULERS = {
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+# answers about checkpoint files remembered while many jobs are checked (see remembering_checks)
+_REMEMBERED: dict | None = None
+
+
+@contextlib.contextmanager
+def remembering_checks() -> Iterator[None]:
+    """Within this, what the checks learn from a checkpoint's files (its index, prior, defaults, step
+    limits) is read once: a batch of ten thousand jobs on one model checks the model once, not ten
+    thousand times. Outside it every check reads the files afresh (a long-lived process sees changes)."""
+    global _REMEMBERED
+    outer = _REMEMBERED
+    _REMEMBERED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _REMEMBERED = outer
+
+
+def _remembered(key: Callable[..., Any]):
+    """Remember a check's answer under ``key(*arguments)`` inside :func:`remembering_checks`; errors are
+    not remembered (their messages name the job)."""
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if _REMEMBERED is None:
+                return function(*args, **kwargs)
+            name = (function.__name__, key(*args, **kwargs))
+            if name not in _REMEMBERED:
+                _REMEMBERED[name] = function(*args, **kwargs)
+            return _REMEMBERED[name]
+        return wrapper
+    return decorate
 
 
 def scheduler_class_name(name: str) -> str:
@@ -133,6 +169,7 @@ def parse_model(value: str | None, task: str, argument: str = "--model") -> Mode
 # ---------------------------------------------------------------------------------------------- checks
 
 
+@_remembered(lambda ref, argument=None: ref)
 def read_index(ref: ModelRef, argument: str = "--model") -> dict[str, Any] | None:
     """The checkpoint's model_index.json (``None`` for a hub id: it is read when loading)."""
     if ref.folder is None:
@@ -204,6 +241,7 @@ def needs_prior(index: dict[str, Any] | None) -> bool:
         return False
 
 
+@_remembered(lambda ref: ref)
 def prior_from_readme(ref: ModelRef) -> ModelRef | None:
     """The prior a decoder folder's model card names (the library reads it), resolved like --prior."""
     if ref.folder is None:
@@ -224,6 +262,7 @@ def prior_from_readme(ref: ModelRef) -> ModelRef | None:
     return parse_model(source, "text2image", "--prior")
 
 
+@_remembered(lambda ref: ref)
 def folder_defaults(ref: ModelRef) -> dict[str, Any]:
     """Generation defaults the checkpoint ships in ``sfumato_defaults.json`` (job field names)."""
     if ref.folder is None:
@@ -237,6 +276,7 @@ def folder_defaults(ref: ModelRef) -> dict[str, Any]:
     return {_DEFAULT_FIELDS[k]: v for k, v in data.items() if k in _DEFAULT_FIELDS}
 
 
+@_remembered(lambda ref: ref)
 def size_multiple(ref: ModelRef) -> int | None:
     """What heights and widths must be multiples of, asked of the library from the MoVQ and UNet configs
     (no weights are read); ``None`` when unknown (a hub id, a checkpoint without a MoVQ)."""
@@ -255,6 +295,7 @@ def size_multiple(ref: ModelRef) -> int | None:
         return None
 
 
+@_remembered(lambda ref, subfolder: (ref, subfolder))
 def scheduler_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | None:
     """A checkpoint's scheduler config (``None`` when it is not on disk yet)."""
     if ref is None or ref.folder is None:
@@ -267,6 +308,7 @@ def scheduler_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | N
     return config if isinstance(config, dict) else None
 
 
+@_remembered(lambda config, class_name, steps, flag: (json.dumps(config, sort_keys=True, default=str), class_name, steps))
 def check_steps(config: dict[str, Any] | None, class_name: str | None, steps: int | None, flag: str) -> None:
     """Refuse a step count the scheduler cannot run, by asking a fresh one built from the checkpoint's config.
 

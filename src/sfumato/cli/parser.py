@@ -33,6 +33,7 @@ examples:
   sfumato chain examples/chain.yaml -o chained.png
   sfumato info circle.png
   sfumato reproduce circle.png -o again.png
+  sfumato batch examples/batch.jsonl --out pictures --workers 2
 
 Every PNG sfumato writes stores its parameters (prompt, seed, steps, model, ...);
 `sfumato info` shows them and `sfumato reproduce` makes the same pixels again.
@@ -50,10 +51,17 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a mistake as one line (no usage dump) through :class:`UsageError`."""
 
     def error(self, message: str):  # type: ignore[override]
+        if len(message) > 400:  # argparse quotes unknown arguments and choices in full
+            message = f"{message[:380]}... ({len(message)} characters)"
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 # ---------------------------------------------------------------------------------------------- value types
+
+
+def _shown(text: str) -> str:
+    """An argument as an error message quotes it, cut short (an argument can be megabytes)."""
+    return repr(text) if len(text) <= 100 else f"{text[:80]!r}... ({len(text)} characters)"
 
 
 def _whole_number(text: str, low: int, high: int | None, meaning: str) -> int:
@@ -63,7 +71,7 @@ def _whole_number(text: str, low: int, high: int | None, meaning: str) -> int:
     except ValueError:
         value = None
     if value is None or value < low or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(f"must be {meaning}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {meaning}, got {_shown(text)}")
     return value
 
 
@@ -79,9 +87,9 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a number, got {_shown(text)}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {_shown(text)}")
     return value
 
 
@@ -89,7 +97,7 @@ def _strength(text: str) -> float:
     value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1] (the share of the denoising steps "
-                                         f"that are run), got {text!r}")
+                                         f"that are run), got {_shown(text)}")
     return value
 
 
@@ -100,7 +108,7 @@ def _size(text: str) -> tuple[int, int]:
         return parse_size(text)
     except UsageError:
         raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT with positive whole numbers (e.g. 64x64), "
-                                         f"got {text!r}") from None
+                                         f"got {_shown(text)}") from None
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -206,6 +214,10 @@ def build_parser() -> Parser:
                     "See examples/chain.yaml.", formatter_class=argparse.RawDescriptionHelpFormatter)
     chain.add_argument("file", metavar="FILE", help="workflow file (.yaml, .yml or .json)")
     chain.add_argument("--seed", type=_seed, help="seed of steps that set none (default: random, recorded)")
+    chain.add_argument("--allow-outside-paths", action="store_true",
+                       help="let the chain file read pictures (files outside this folder, URLs) and write `out:` "
+                            "files outside the folder the command runs in; without it they are refused, since "
+                            "chain files are shared between people")
     chain.add_argument("--num", type=_positive_int, default=1,
                        help="run the chain N times; run i adds i to every step's seed (default: 1)")
     group = chain.add_argument_group("running")
@@ -227,4 +239,93 @@ def build_parser() -> Parser:
     reproduce.add_argument("--check", action="store_true", help="exit with status 1 if the pixels differ")
     reproduce.add_argument("-o", "--out", metavar="OUT.png", help="output PNG (default: IMAGE-reproduced.png)")
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
+    _add_batch(commands)
+    _add_serve(commands)
     return parser
+
+
+def _add_batch(commands) -> None:
+    batch = commands.add_parser(
+        "batch", help="many pictures from a job file, locally or on a Ray cluster",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make every picture a job file describes, into a folder, with a manifest. JOBS is\n"
+                    "  - a .jsonl file of job records, one JSON object per line, in the shape of a PNG's record\n"
+                    "    (`sfumato info --json`) or a chain step: task (default text2image), prompt, seed, steps,\n"
+                    "    size, model, ... and num for several seeds; PNG records come back as they were made;\n"
+                    "  - a text file of prompts, one per line (# comments), the rest from the options below;\n"
+                    "  - a sweep, as a line or a .json/.yaml file: {\"template\": {\"prompt\": \"a {colour}\n"
+                    "    circle on a blue background\"}, \"values\": {\"colour\": [\"red\", \"green\"],\n"
+                    "    \"seed\": [1, 2]}}, expanded to every combination.\n"
+                    "Every job is checked first; a bad one is reported by line and skipped (--strict: nothing\n"
+                    "runs). Pictures get names derived from their job, and the same command again makes only\n"
+                    "what is missing or failed (after a crash or Ctrl-C). The pictures are identical\n"
+                    "whichever way they are made: one process, --workers N, or --ray.")
+    batch.add_argument("jobs", metavar="JOBS", help="job file: .jsonl records, a text file of prompts, or a sweep")
+    batch.add_argument("-o", "--out", metavar="DIR", required=True,
+                       help="folder for the pictures and manifest.jsonl (created if needed)")
+    group = batch.add_argument_group("running")
+    group.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="worker processes, each loading the models once (default: 1, this process; on Ray: as "
+                            "many as the cluster has room for)")
+    group.add_argument("--ray", metavar="ADDRESS",
+                       help="run on a Ray cluster: auto (the one this machine belongs to, or a local instance "
+                            "started for the run) or its address, e.g. 10.0.0.1:6379; needs pip install "
+                            "'sfumato[ray]'")
+    group.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                       help="torch CPU threads per worker, the same everywhere so that pictures are identical "
+                            "(default: 1; a PNG record's own cpu_threads wins)")
+    group.add_argument("--strict", action="store_true", help="stop before any work if any job is invalid")
+    group.add_argument("--dtype", choices=list(DTYPES), help="precision of jobs that set none (default: fp32)")
+    group.add_argument("--device", help="torch device of every worker (default: each worker's cuda if it has one, "
+                                        "else cpu)")
+    batch.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bar or messages on stderr (errors and written file names still show)")
+    defaults = batch.add_argument_group("defaults for jobs that set none")
+    defaults.add_argument("--model", help="checkpoint (default: the built-in demo model)")
+    defaults.add_argument("--prior", help="prior checkpoint for a Kandinsky decoder")
+    defaults.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    defaults.add_argument("--steps", type=_positive_int, help="denoising steps of the decoder")
+    defaults.add_argument("--guidance", type=_number, help="decoder guidance scale")
+    defaults.add_argument("--prior-steps", type=_positive_int, help="denoising steps of the prior")
+    defaults.add_argument("--prior-guidance", type=_number, help="prior guidance scale")
+    defaults.add_argument("--strength", type=_strength, help="image-to-image strength, in (0, 1]")
+    defaults.add_argument("--seed", type=_seed, help="seed (default: 0, so the same command makes the same pictures)")
+    defaults.add_argument("--num", type=_positive_int, help="pictures per job, seeds SEED, SEED+1, ... (default: 1)")
+    defaults.add_argument("--size", type=_size, metavar="WxH", help="picture width x height")
+    defaults.add_argument("--scheduler", metavar="NAME", help=f"decoder scheduler: {', '.join(SCHEDULERS)}")
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="HTTP API with a durable job queue, the AUTOMATIC1111 API, and a web page",
+        description="Serve every workflow over HTTP: a job queue kept in SQLite under --data (jobs survive a "
+                    "restart), Server-Sent Events for progress, the AUTOMATIC1111 /sdapi/v1 endpoints, and a web "
+                    "page at /. Bound to loopback unless given a token. Needs pip install 'sfumato[serve]'.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1; any other needs --token)")
+    serve.add_argument("--port", type=_whole_port, default=7860, help="port (default: 7860)")
+    serve.add_argument("--model", action="append", metavar="MODEL",
+                       help="a model the server offers: builtin, a checkpoint folder or a hub id; repeat for several, "
+                            "the first is the default (default: builtin)")
+    serve.add_argument("--token", action="append", metavar="TOKEN",
+                       help="require this token on every request (bearer, or HTTP Basic password); repeat for one "
+                            "token per user; jobs belong to the token that submitted them (default: $SFUMATO_TOKEN)")
+    serve.add_argument("--data", metavar="DIR",
+                       help="folder for the job database, uploads and result PNGs (default: "
+                            "$XDG_DATA_HOME/sfumato/serve, i.e. ~/.local/share/sfumato/serve)")
+    serve.add_argument("--device", help="torch device for every job (default: cuda if available, else cpu)")
+    limits = serve.add_argument_group("limits (requests beyond them are refused with a message naming the field)")
+    limits.add_argument("--max-steps", type=_positive_int, default=200, metavar="N",
+                        help="steps and prior steps of one picture (default: 200)")
+    limits.add_argument("--max-side", type=_positive_int, metavar="PX",
+                        help="width and height of a picture (default: 2048, or $SFUMATO_MAX_SIDE if smaller)")
+    limits.add_argument("--max-images", type=_positive_int, metavar="N",
+                        help="pictures per job (default: 16, or $SFUMATO_MAX_IMAGES if smaller)")
+    limits.add_argument("--max-upload", metavar="SIZE", default="20MiB",
+                        help="bytes of one uploaded picture, e.g. 20MiB (default: 20MiB)")
+    limits.add_argument("--max-queued", type=_positive_int, default=1000, metavar="N",
+                        help="unfinished jobs per caller (default: 1000)")
+
+
+def _whole_port(text: str) -> int:
+    return _whole_number(text, 0, 65535, "a port number from 0 to 65535")
