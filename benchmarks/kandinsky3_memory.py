@@ -12,7 +12,11 @@ can), and the time.
     .venv/bin/python benchmarks/kandinsky3_memory.py make /path/to/k3-random
     # 2. run the modes side by side (each in its own process, killed past --limit)
     .venv/bin/python benchmarks/kandinsky3_memory.py compare /path/to/k3-random \\
-        --modes reference,sfumato,sfumato-sequential,sfumato-sequential-int8 --dtype mixed
+        --modes sfumato,sfumato-sequential,sfumato-sequential-int8 --dtype mixed
+    # where a mode cannot finish here (the reference runs bf16 convolutions, slow on AVX2 CPUs), measure
+    # loading and the prompt's encoding alone:
+    .venv/bin/python benchmarks/kandinsky3_memory.py compare /path/to/k3-random --modes reference,sfumato \\
+        --dtype bf16 --stop-after encode
     # 3. int8 text encoder: cosine similarity of prompt embeddings against bf16
     .venv/bin/python benchmarks/kandinsky3_memory.py similarity /path/to/k3-random
 
@@ -191,7 +195,8 @@ def _torch_dtype(dtype: str):
     return {"text_encoder": torch.bfloat16, "default": torch.float32}
 
 
-def run_mode(folder: Path, mode: str, dtype: str, size: int, steps: int, report: Path) -> None:
+def run_mode(folder: Path, mode: str, dtype: str, size: int, steps: int, report: Path,
+             stop_after: str | None = None) -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -215,6 +220,12 @@ def run_mode(folder: Path, mode: str, dtype: str, size: int, steps: int, report:
         if mode.endswith("int8"):
             pipe.quantize_text_encoder("int8")
     note("loaded")
+    if stop_after == "load":
+        return
+    if stop_after == "encode":  # the text encoder's share: what a pipeline holds once it has run
+        pipe.encode_prompt(PROMPT, do_classifier_free_guidance=True, device=torch.device("cpu"), _cut_context=True)
+        note("encoded")
+        return
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
     image = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, generator=generator,
@@ -245,7 +256,7 @@ def _watch(pid: int, limit: float, samples: dict) -> None:
 
 
 def compare(folder: Path, modes: list[str], dtype: str, size: int, steps: int, limit: float,
-            timeout: float, extra_path: str | None) -> list[dict]:
+            timeout: float, extra_path: str | None, stop_after: str | None = None) -> list[dict]:
     rows = []
     for mode in modes:
         report = Path(f"/tmp/kandinsky3_memory_{os.getpid()}_{mode}.json")
@@ -255,6 +266,8 @@ def compare(folder: Path, modes: list[str], dtype: str, size: int, steps: int, l
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
         command = [sys.executable, __file__, "run", str(folder), "--mode", mode, "--dtype", dtype, "--size",
                    str(size), "--steps", str(steps), "--report", str(report)]
+        if stop_after:
+            command += ["--stop-after", stop_after]
         process = subprocess.Popen(command, env=env, preexec_fn=lambda: Path("/proc/self/oom_score_adj")
                                    .write_text("1000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         samples: dict = {}
@@ -277,19 +290,23 @@ def compare(folder: Path, modes: list[str], dtype: str, size: int, steps: int, l
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mode | dtype | load peak RSS | generation peak RSS | peak anonymous | time | result |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| mode | dtype | load peak RSS | peak after encoding the prompt | generation peak RSS | "
+             "peak anonymous | time | result |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def gib(stage: dict) -> str:
+        return f"{stage['VmHWM']:.2f} GiB" if stage else "-"
+
     for row in rows:
-        loaded, generated = row.get("loaded", {}), row.get("generated", {})
-        result = "ok" if "generated" in row else (row.get("killed") and f"killed: {row['killed']}") or row.get(
-            "error", "failed")
-        gen_peak = generated.get("VmHWM")
-        lines.append(
-            f"| {row['mode']} | {row['dtype']} | "
-            f"{loaded.get('VmHWM', float('nan')):.2f} GiB | "
-            f"{(f'{gen_peak:.2f} GiB' if gen_peak else '>= %.2f GiB' % row.get('peak_rss', 0))} | "
-            f"{row.get('peak_anon', 0):.2f} GiB | {generated.get('seconds', loaded.get('seconds', 0)):.0f} s | "
-            f"{result} |")
+        loaded, encoded, generated = row.get("loaded", {}), row.get("encoded", {}), row.get("generated", {})
+        done = generated or encoded or loaded
+        if row.get("killed"):
+            result = f"killed: {row['killed']} (reached {row.get('peak_rss', 0):.2f} GiB)"
+        elif row.get("error"):
+            result = row["error"]
+        else:
+            result = "ok" if generated else f"stopped after {'encoding' if encoded else 'loading'}"
+        lines.append(f"| {row['mode']} | {row['dtype']} | {gib(loaded)} | {gib(encoded)} | {gib(generated)} | "
+                     f"{row.get('peak_anon', 0):.2f} GiB | {done.get('seconds', 0):.0f} s | {result} |")
     return "\n".join(lines)
 
 
@@ -332,6 +349,8 @@ def main() -> None:
         p.add_argument("--dtype", choices=("bf16", "mixed"), default="mixed")
         p.add_argument("--size", type=int, default=1024)
         p.add_argument("--steps", type=int, default=2)
+        p.add_argument("--stop-after", choices=("load", "encode"), default=None,
+                       help="measure loading only, or loading and the prompt's encoding")
         if name == "run":
             p.add_argument("--mode", choices=MODES, required=True)
             p.add_argument("--report", type=Path, required=True)
@@ -346,10 +365,10 @@ def main() -> None:
     if args.command == "make":
         make_checkpoint(args.folder)
     elif args.command == "run":
-        run_mode(args.folder, args.mode, args.dtype, args.size, args.steps, args.report)
+        run_mode(args.folder, args.mode, args.dtype, args.size, args.steps, args.report, args.stop_after)
     elif args.command == "compare":
-        rows = compare(args.folder, args.modes.split(","), args.dtype, args.size, args.steps, args.limit * GIB / GIB,
-                       args.timeout, args.reference_path)
+        rows = compare(args.folder, args.modes.split(","), args.dtype, args.size, args.steps, args.limit,
+                       args.timeout, args.reference_path, args.stop_after)
         print(table(rows))
     else:
         similarity(args.folder)
