@@ -101,10 +101,21 @@ def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], m
     return offset
 
 
+# tensors a T5 checkpoint stores twice, with the same values (the encoder's embedding is the shared one)
+TIED = {"encoder.embed_tokens.weight": "shared.weight"}
+
+
 def _random_tensor(generator):
     import torch
 
+    made: dict = {}
+
     def make(name: str, shape) -> "torch.Tensor":
+        if name in TIED or name in TIED.values():  # the same values under both names
+            key = TIED.get(name, name)
+            if key not in made:
+                made[key] = torch.randn(shape, generator=generator) * (shape[1] ** -0.5)
+            return made[key] if name in TIED else made[key].clone()
         if name.endswith(("norm.weight", "layer_norm.weight", "final_layer_norm.weight")) or ".norm" in name:
             return torch.ones(shape)  # norms at 1 keep activations in range through 32 random layers
         if len(shape) <= 1:

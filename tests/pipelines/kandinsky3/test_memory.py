@@ -180,3 +180,36 @@ def test_weights_read_in_the_wanted_dtype(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes((tmp_path / "mixed.safetensors").read_bytes()[:-7])
     with pytest.raises(sfumato.CheckpointError, match="truncated or corrupt"):
         read_state_dict([tmp_path / "bad.safetensors"], dtype=torch.bfloat16)
+
+
+def test_int8_loading_of_tied_tensors(tmp_path):
+    """A T5 checkpoint may store its tied embedding under both names: equal values load (the tie kept),
+    different values are refused, one name alone is tied by the model."""
+    from transformers import T5Config, T5EncoderModel
+
+    from sfumato.pipelines.kandinsky3.quantize import load_int8
+
+    config = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=2)
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in T5EncoderModel(config).state_dict().items()}
+
+    def skeleton():
+        with torch.device("meta"):
+            return quantize_linears(T5EncoderModel(config))
+
+    state["shared.weight"] = state["encoder.embed_tokens.weight"].clone()
+    save_file(state, tmp_path / "same.safetensors")
+    model = load_int8(skeleton(), [tmp_path / "same.safetensors"], torch.float32)
+    assert model.shared.weight is model.encoder.embed_tokens.weight
+    assert torch.equal(model.shared.weight, state["shared.weight"])
+
+    state["shared.weight"] = state["shared.weight"] + 1
+    save_file(state, tmp_path / "different.safetensors")
+    with pytest.raises(sfumato.CheckpointError, match="tied to another tensor"):
+        load_int8(skeleton(), [tmp_path / "different.safetensors"], torch.float32)
+
+    del state["shared.weight"]
+    save_file(state, tmp_path / "one.safetensors")
+    model = load_int8(skeleton(), [tmp_path / "one.safetensors"], torch.float32)
+    assert torch.equal(model.shared.weight, state["encoder.embed_tokens.weight"])
+    assert model.shared.weight is model.encoder.embed_tokens.weight

@@ -92,7 +92,15 @@ def load_int8(model: nn.Module, files: list[Path], dtype: torch.dtype) -> nn.Mod
     from ...checkpoint import CheckpointError
     from ...checkpoint.weights import iter_tensors
 
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
+    # a parameter shared by several modules (T5's tied embedding) -> every (module, name) holding it
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    skeleton = list(model.parameters())  # kept alive while loading, so no two parameters share an id
+    for module in modules.values():
+        for leaf, parameter in module._parameters.items():
+            if parameter is not None and (module, leaf) not in holders.setdefault(id(parameter), []):
+                holders[id(parameter)].append((module, leaf))
+    loaded: dict[int, nn.Parameter] = {}  # id of a skeleton parameter -> the parameter read for it
     for path in files:
         for name, tensor in iter_tensors(path, dtype):
             owner_path, _, leaf = name.rpartition(".")
@@ -100,13 +108,23 @@ def load_int8(model: nn.Module, files: list[Path], dtype: torch.dtype) -> nn.Mod
             if isinstance(owner, Int8Linear) and leaf == "weight":
                 owner.set_weight(tensor)
             elif owner is not None and leaf in owner._parameters:
-                owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+                key = id(owner._parameters[leaf])
+                if key in loaded:  # tied, and read already under its other name
+                    if not torch.equal(loaded[key], tensor):
+                        raise CheckpointError(f"weights in {str(path)!r}: {name!r} is tied to another tensor of "
+                                              f"{type(model).__name__}, but the checkpoint stores different values")
+                    continue
+                parameter = nn.Parameter(tensor, requires_grad=False)
+                for module, module_leaf in holders.get(key, [(owner, leaf)]):
+                    module._parameters[module_leaf] = parameter  # the tie kept
+                loaded[key] = loaded[id(parameter)] = parameter
             elif owner is not None and leaf in owner._buffers:
                 owner._buffers[leaf] = tensor
             else:
                 raise CheckpointError(f"weights in {str(path)!r} have tensor {name!r}, which "
                                       f"{type(model).__name__} does not")
             del tensor
+    del skeleton
     left = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left and hasattr(model, "tie_weights"):  # a transformers model saves one of two tied weights
         model.tie_weights()
