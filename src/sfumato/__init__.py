@@ -86,8 +86,11 @@ _export("pipelines.kandinsky3", "Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline
 _export("pipelines.stable_diffusion_xl", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
         "StableDiffusionXLInpaintPipeline", "StableDiffusionXLPipelineOutput")
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
+# prompt weighting: (word:1.3), (word), [word] for every family with a text encoder
+_export("prompts", "weighted_embeddings", "parse_prompt", "PromptSyntaxError")
 
-_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata"}
+_SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata",
+               "prompts"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

@@ -83,3 +83,39 @@ def mask(tmp_path):
 def pixels(path) -> np.ndarray:
     with PIL.Image.open(path) as image:
         return np.asarray(image.convert("RGB")).copy()
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory, model_root):
+    """``family(name)``: a tiny checkpoint folder of another family, built on first use with the pipeline
+    tests' builders: "sd" (Stable Diffusion text-to-image, "small"), "sd-inpaint" (9-channel), "controlnet"
+    (a ControlNetModel for "sd"), "x2" / "x4" (the upscalers; x2 shares "sd"'s VAE), "xl-base" / "xl-refiner"
+    (SDXL, sharing their VAE), "k3" (Kandinsky 3)."""
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, object] = {}
+
+    def build(name: str):
+        from ..pipelines.kandinsky3 import builders as k3
+        from ..pipelines.stable_diffusion import builders as sd
+        from ..pipelines.stable_diffusion import builders_upscale as upscale
+        from ..pipelines.stable_diffusion_xl import builders as xl
+
+        folder = root / name
+        makers = {
+            "sd": lambda: sd.save(folder, "small"),
+            "sd-inpaint": lambda: sd.save(folder, "small", "inpaint"),
+            "controlnet": lambda: upscale.save_controlnet(folder, "small"),
+            "x2": lambda: upscale.save_x2(folder, "small"),
+            "x4": lambda: upscale.save_x4(folder, "small"),
+            "xl-base": lambda: xl.save(folder, "small", "base"),
+            "xl-refiner": lambda: xl.save(folder, "small", "refiner"),
+            "k3": lambda: k3.save_pipeline(folder, k3.CONFIGS["small"]),
+        }
+        return makers[name]()
+
+    def get(name: str):
+        if name not in built:
+            built[name] = build(name)
+        return built[name]
+
+    return get

@@ -142,6 +142,13 @@ FIELDS = {
     "weights": ({"task": "interpolate", "items": ["$previous", PROMPT]}, ["0.5", [True, 1], [0.5]], "weight"),
     "out": (_STEP, [5, ["a.png"], "", "x.jpg"], "out"),
     "dtype": (_STEP, ["fp16"], "dtype is set for the whole chain"),
+    "noise_level": ({"task": "upscale"}, ["5", -1, 1.5, True], "--noise-level"),
+    "controlnet": ({"task": "controlnet", "prompt": PROMPT}, [5, ["x"], "", "bad\nname"], "--controlnet"),
+    "controlnet_scale": ({"task": "controlnet", "prompt": PROMPT}, ["x", [1.0], float("nan")], "--controlnet-scale"),
+    "depth_model": ({"task": "controlnet", "prompt": PROMPT}, [5, "", "bad\x00name"], "--depth-model"),
+    "denoising_end": (_STEP, ["0.5", 0, 1, 1.5, [0.5]], "denoising_end"),
+    "denoising_start": (_STEP, ["0.5", 0, 1.2, False], "denoising_start"),
+    "output_type": (_STEP, ["np", 5, ["latent"]], "output_type"),
 }
 
 
@@ -505,7 +512,7 @@ def test_bad_input_is_refused_early_in_one_clear_line(cli, place, no_loading, mo
 def test_every_field_of_a_chain_step_is_covered():
     from sfumato.cli.jobs import Job
 
-    fields = {f.name for f in Job.__dataclass_fields__.values()} - {"model_ref", "prior_ref", "index",
+    fields = {f.name for f in Job.__dataclass_fields__.values()} - {"model_ref", "prior_ref", "controlnet_ref", "index",
                                                                     "scheduler_class", "device"}
     assert fields | {"size", "out"} <= set(FIELDS) | {"device"}
 

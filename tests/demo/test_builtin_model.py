@@ -7,14 +7,19 @@ import pytest
 import torch
 
 from sfumato.demo import BUILTIN_MODELS, builtin_model, generation_defaults
-from sfumato.demo.data import iterate_samples, make_sample
-from sfumato.demo.evaluate import evaluate
+from sfumato.demo.data import make_sample
+from sfumato.demo.evaluate import evaluate, generate, held_out_prompts
 
 PROMPT = "a red circle on a blue background"
-# A lower floor than the benchmark's targets (90 / 80 / 60 % over 200 prompts, where the shipped model
-# scores 99.5 / 100 / 100 %): 32 prompts are noisier, but a broken model or pipeline lands far below.
-PROMPTS = 32
-FLOOR = {"background": 0.8, "colour": 0.7, "shape": 0.5}
+# Lower floors than the targets of issue 16 (background 98 %, shape colour and class 95 %, present and
+# in the trained size range 98 %, over at least 200 held-out prompts), where the shipped model with its
+# shipped defaults scores 100 % on each over 270 (python -m sfumato.demo.evaluate): 60 prompts (two per
+# colour pair) are noisier, but a broken model, pipeline or default lands below.
+PROMPTS = 60
+FLOOR = {"background": 0.93, "colour": 0.9, "shape": 0.9, "present": 0.93, "size": 0.9}
+# The caption whose shapes faded to a dot at the old default prior guidance (4.0): 20 held-out seeds.
+FADING = "a white triangle on a green background"
+FADING_FLOOR = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +64,23 @@ def test_defaults_suit_the_model():
 
 
 def test_held_out_prompts_come_out_right(text2image):
-    """Held-out captions with fixed seeds, scored by the rule-based evaluator."""
-    samples = list(iterate_samples(0, PROMPTS, split="eval"))
-    captions = [sample.caption for sample in samples]
-    generators = [torch.Generator().manual_seed(sample.seed) for sample in samples]
-    settings = generation_defaults(builtin_model("decoder"))
-    images = text2image(captions, generator=generators, **settings).images
-    accuracy = evaluate(images, captions).accuracy
+    """Held-out captions (every colour pair twice) with unused seeds, scored by the rule-based evaluator."""
+    prompts = held_out_prompts(PROMPTS)
+    images = generate(text2image, prompts, generation_defaults(builtin_model("decoder")))
+    report = evaluate(images, [caption for caption, _ in prompts])
     for attribute, floor in FLOOR.items():
-        assert accuracy[attribute] >= floor, (attribute, accuracy)
+        assert report.accuracy[attribute] >= floor, (attribute, report.accuracy)
+    # no colour pair may fail on both of its prompts
+    worst = {pair: counts["all"] for pair, counts in report.accuracy_by_pair().items() if counts["all"][0] == 0}
+    assert not worst, worst
+
+
+def test_white_shapes_do_not_fade(text2image):
+    """Issue 16: white triangles on green came out as faint dots or a few pixels wide."""
+    prompts = [(FADING, seed) for seed in range(100_000, 100_200, 10)]
+    report = evaluate(generate(text2image, prompts, generation_defaults(builtin_model("decoder"))),
+                      [FADING] * len(prompts))
+    assert report.accuracy["size"] >= FADING_FLOOR and report.accuracy["all"] >= FADING_FLOOR, report.accuracy
 
 
 def test_same_seed_same_picture(text2image):

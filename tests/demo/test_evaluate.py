@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from sfumato.demo.data import PALETTE, iterate_samples, make_sample
-from sfumato.demo.evaluate import EvaluationReport, evaluate, format_table, predict
+from sfumato.demo import data
+from sfumato.demo.data import COLOURS, PALETTE, area_range, iterate_samples, make_sample, shape_coverage, split_of
+from sfumato.demo.evaluate import (HELD_OUT_SEED_START, MIN_PRESENT_AREA, EvaluationReport, evaluate,
+                                   format_pair_table, format_table, held_out_prompts, in_trained_size_range, predict)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_reads_the_data_set_back(samples, degradation):
     degrade = DEGRADATIONS[degradation]
     report = evaluate([degrade(sample.image) for sample in samples], [sample.caption for sample in samples])
     assert report.total == 300
-    for attribute in ("background", "colour", "shape"):
+    for attribute in ("background", "colour", "shape", "present", "size"):
         assert report.accuracy[attribute] >= 0.98, (degradation, attribute, report.accuracy)
 
 
@@ -54,6 +56,7 @@ def test_heavy_blur_still_gives_the_shape(samples):
     report = evaluate([s.image.filter(ImageFilter.GaussianBlur(4.0)) for s in subset], [s.caption for s in subset])
     assert report.accuracy["background"] == 1.0 and report.accuracy["colour"] == 1.0
     assert report.accuracy["shape"] >= 0.9, report.accuracy
+    assert report.accuracy["present"] == 1.0, report.accuracy
 
 
 def test_wrong_captions_score_wrong(samples):
@@ -93,7 +96,7 @@ def test_empty_picture_has_no_shape():
     prediction = predict(blank)
     assert (prediction.background, prediction.colour, prediction.shape) == ("blue", None, None)
     report = evaluate([blank], ["a red circle on a blue background"])
-    assert report.correct == {"background": 1, "colour": 0, "shape": 0, "all": 0}
+    assert report.correct == {"background": 1, "colour": 0, "shape": 0, "present": 0, "size": 0, "all": 0}
 
 
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
@@ -117,7 +120,7 @@ def test_stray_specks_do_not_change_the_shape(shape):
 def test_report_and_table(samples):
     report = evaluate([s.image for s in samples[:12]], [s.caption for s in samples[:12]])
     assert isinstance(report, EvaluationReport)
-    assert report.correct == {"background": 12, "colour": 12, "shape": 12, "all": 12}
+    assert report.correct == {"background": 12, "colour": 12, "shape": 12, "present": 12, "size": 12, "all": 12}
     by_shape = report.accuracy_by_value("shape")
     assert sum(asked for _, asked in by_shape.values()) == 12
     assert all(right == asked for right, asked in by_shape.values())
@@ -126,7 +129,9 @@ def test_report_and_table(samples):
     assert lines[0].split() == ["attribute", "right", "total", "accuracy"]
     assert any(line.startswith("background colour") and line.rstrip().endswith("100.0%") for line in lines)
     assert any(line.startswith("shape class") for line in lines)
-    assert any(line.startswith("all three") for line in lines)
+    assert any(line.startswith("shape present") for line in lines)
+    assert any(line.startswith("shape size in range") for line in lines)
+    assert any(line.startswith("all criteria") for line in lines)
     detailed = format_table(report, by_value=True)
     assert "shape class: " in detailed and len(detailed.splitlines()) > len(lines)
     empty = evaluate([], [])
@@ -148,9 +153,133 @@ def test_report_and_table(samples):
         (lambda: predict(np.zeros((64, 64, 3), np.int32)), "dtype int32"),
         (lambda: predict("picture.png"), "must be a PIL image"),
         (lambda: format_table({"shape": 1.0}), "EvaluationReport"),
-        (lambda: evaluate([], []).matches("size"), "attribute must be one of"),
+        (lambda: evaluate([], []).matches("area"), "attribute must be one of"),
+        (lambda: format_pair_table([]), "EvaluationReport"),
+        (lambda: held_out_prompts(-1), "count must be"),
+        (lambda: held_out_prompts(10, start_seed=100_001), "eval-split seed"),
     ],
 )
 def test_bad_input_is_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --------------------------------------------------------------------------- presence and size
+
+
+def _draw(shape, side, colour="white", background="green", centre=(32.0, 32.0), faint=1.0):
+    """A picture of one shape of box side ``side`` pixels; ``faint`` < 1 blends it towards the background."""
+    coverage = shape_coverage(shape, centre, side, (64, 64)) * faint
+    backdrop, foreground = np.array(PALETTE[background], float), np.array(PALETTE[colour], float)
+    return np.rint(backdrop + coverage[:, :, None] * (foreground - backdrop)).astype(np.uint8)
+
+
+def test_faint_dot_is_no_shape():
+    # what the shipped model drew for "a white triangle on a green background" --seed 2: a faint blob
+    dot = Image.fromarray(_draw("circle", 6, faint=0.7)).filter(ImageFilter.GaussianBlur(1.0))
+    prediction = predict(dot)
+    assert prediction.background == "green"
+    assert not prediction.present and prediction.colour is None and prediction.shape is None
+    assert prediction.area < MIN_PRESENT_AREA and not prediction.size_ok
+    report = evaluate([dot], ["a white triangle on a green background"])
+    assert report.correct == {"background": 1, "colour": 0, "shape": 0, "present": 0, "size": 0, "all": 0}
+
+
+def test_faint_large_shape_is_no_shape():
+    # a full-size triangle only a fifth of the way from the background to white: not a visible shape
+    prediction = predict(_draw("triangle", 30, faint=0.2))
+    assert not prediction.present and not prediction.size_ok
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
+def test_tiny_shape_is_there_but_too_small(shape):
+    # a shape a few pixels wide (the shipped model's --seed 1 triangle): present, right colour, wrong size
+    prediction = predict(_draw(shape, 11))
+    assert prediction.present and prediction.colour == "white"
+    assert not prediction.size_ok
+    report = evaluate([_draw(shape, 11)], [f"a white {shape} on a green background"])
+    assert report.correct["present"] == 1 and report.correct["size"] == 0 and report.correct["all"] == 0
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
+@pytest.mark.parametrize("colour, background", [("white", "green"), ("white", "yellow"), ("black", "blue")])
+def test_large_right_shape_is_right(shape, colour, background):
+    picture = _draw(shape, 0.45 * 64, colour, background)
+    prediction = predict(picture)
+    assert prediction.present and prediction.size_ok
+    expected_fill = data.BOX_FILL[shape]
+    assert prediction.fill == pytest.approx(expected_fill, abs=0.12)
+    report = evaluate([picture], [f"a {colour} {shape} on a {background} background"])
+    assert report.accuracy["all"] == 1.0, report.predictions
+
+
+def test_shape_over_the_trained_size_is_too_large():
+    prediction = predict(_draw("square", 0.75 * 64))
+    assert prediction.present and prediction.shape == "square" and not prediction.size_ok
+
+
+def test_size_range_is_read_from_the_data_generator(monkeypatch):
+    low, high = area_range()
+    assert low == pytest.approx(0.5 * data.MIN_SHAPE_FRACTION**2) and high == pytest.approx(data.MAX_SHAPE_FRACTION**2)
+    # the closed-form areas agree with the drawn shapes
+    for shape in ("circle", "square", "triangle"):
+        side = data.MIN_SHAPE_FRACTION * 64
+        drawn = shape_coverage(shape, (32.0, 32.0), side, (64, 64), supersample=8).sum() / 64**2
+        assert drawn == pytest.approx(area_range(shape)[0], rel=0.02)
+    assert in_trained_size_range(0.2, "square") and not in_trained_size_range(0.2, "triangle")
+    monkeypatch.setattr(data, "MIN_SHAPE_FRACTION", 0.1)
+    assert area_range()[0] == pytest.approx(0.5 * 0.1**2)
+    assert in_trained_size_range(0.01, "triangle")
+
+
+def test_held_out_prompts_cover_every_pair_with_unused_seeds():
+    prompts = held_out_prompts(270)
+    captions = [caption for caption, _ in prompts]
+    seeds = [seed for _, seed in prompts]
+    assert len(set(captions)) == 90 and all(captions.count(c) == 3 for c in set(captions))
+    first = {data.parse_caption(c)[::2] for c in captions[:30]}
+    assert len(first) == 30  # every 30 prompts name every (colour, background) pair
+    assert len(set(seeds)) == 270 and all(split_of(seed) == "eval" for seed in seeds)
+    # past the training pool (first 12 000 train seeds) and the training steps' generator seeds
+    assert min(seeds) == HELD_OUT_SEED_START >= 60_000
+    assert held_out_prompts(5) == prompts[:5]
+
+
+def test_pair_table_names_every_pair_and_the_worst():
+    prompts = held_out_prompts(60)
+    pictures = []
+    for index, (caption, seed) in enumerate(prompts):
+        colour, shape, background = data.parse_caption(caption)
+        sample = make_sample(seed, shape=shape, colour=colour, background=background)
+        # white shapes on green fade to a dot, like the shipped model at guidance 4
+        pictures.append(_draw("circle", 5, colour, background) if (colour, background) == ("white", "green")
+                        else sample.image)
+    report = evaluate(pictures, [caption for caption, _ in prompts])
+    pairs = report.accuracy_by_pair()
+    assert len(pairs) == 30 and all(counts["all"][1] == 2 for counts in pairs.values())
+    assert pairs[("white", "green")]["present"] == (0, 2) and pairs[("red", "green")]["all"] == (2, 2)
+    table = format_pair_table(report)
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["colour", "on", "background", "n"]
+    white_green = next(line for line in lines if line.startswith("white on green "))
+    assert white_green.split()[-6:] == ["100.0%", "0.0%", "0.0%", "0.0%", "0.0%", "0.0%"]
+    assert any(line.startswith("overall") for line in lines)
+    assert lines[-1] == "worst pair: white on green (0/2 right on all criteria)"
+    assert set(COLOURS) <= {word for line in lines[2:-3] for word in line.split()[:3]}
+
+
+def test_command_line_prints_both_tables(capsys, tmp_path):
+    from sfumato.demo.evaluate import main
+
+    assert main(["--data", "--count", "30", "--json", str(tmp_path / "scores.json"),
+                 "--grid", str(tmp_path / "grid.png")]) == 0
+    out = capsys.readouterr().out
+    assert "shape size in range" in out and "white on green" in out
+    assert "overall                 30   100.0%   100.0%   100.0%   100.0%   100.0%   100.0%" in out
+    import json
+
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["accuracy"]["size"] == 1.0 and len(scores["pictures"]) == 30 and len(scores["pairs"]) == 30
+    assert Image.open(tmp_path / "grid.png").size == (640, 192)
+    assert main(["--data", "--start-seed", "7"]) == 2
+    assert "eval-split seed" in capsys.readouterr().err

@@ -83,6 +83,31 @@ def test_saved_folders_generate_through_the_pipelines(trained):
     assert image.size == (64, 64)
 
 
+def test_guidance_calibration_writes_the_chosen_scale(trained, tmp_path):
+    out, _, _ = trained
+    scores = train.calibrate_guidance(out, scales=(1.0, 3.0), count=4, quiet=True)
+    assert set(scores) == {1.0, 3.0} and all(0.0 <= value <= 1.0 for value in scores.values())
+    chosen = generation_defaults(out / "decoder")["prior_guidance_scale"]
+    assert chosen in scores and scores[chosen] == max(scores.values())
+    for folder in ("inpaint", "controlnet"):
+        assert generation_defaults(out / folder)["prior_guidance_scale"] == chosen
+    assert generation_defaults(out / "decoder")["num_inference_steps"] == train.GENERATION_DEFAULTS["num_inference_steps"]
+    with pytest.raises(ValueError, match="needs the exported prior and decoder"):
+        train.calibrate_guidance(tmp_path)
+    with pytest.raises(ValueError, match="scales must be"):
+        train.calibrate_guidance(out, scales=(0.5,))
+
+
+def test_command_line_calibrates_after_training(trained, monkeypatch, capsys):
+    out, _, _ = trained
+    calls = []
+    monkeypatch.setattr(train, "calibrate_guidance", lambda folder, quiet=False: calls.append((folder, quiet)))
+    assert train.main(["--out", str(out), "--stage", "prior", "--steps", "2", "--pool-size", "48", "--resume",
+                       "--quiet", "--calibrate"]) == 0
+    assert calls == [(str(out), True)]
+    assert "prior" in capsys.readouterr().out
+
+
 def test_resume_skips_finished_stages_and_keeps_their_weights(trained):
     out, _, settings = trained
     before = train.Workspace(out).load_state("clip")["models"]["text_encoder"]

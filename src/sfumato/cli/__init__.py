@@ -1,11 +1,16 @@
 """The ``sfumato`` command line: every workflow of the guides, with reproducible PNGs.
 
+It runs Kandinsky 2.1 / 2.2 / 3, Stable Diffusion 1.x / 2.x and SDXL (base,
+refiner, inpainting) checkpoints, Stable Diffusion ControlNets and the x2 / x4
+upscalers.
+
     sfumato generate PROMPT            text to image
     sfumato img2img IMAGE PROMPT       image to image (--strength)
     sfumato inpaint IMAGE MASK PROMPT  repaint where MASK is white
     sfumato interpolate ITEM ...       mix prompts and pictures (--weights)
     sfumato controlnet HINT PROMPT     text to image shaped by a hint picture
-    sfumato chain FILE                 a YAML / JSON list of steps
+    sfumato upscale IMAGE              x4 / x2 latent Stable Diffusion upscaling
+    sfumato chain FILE                 a YAML / JSON list of steps (pictures or latents handed on)
     sfumato info IMAGE.png             the parameters stored in a PNG
     sfumato reproduce IMAGE.png        the same pixels again
     sfumato batch JOBS --out DIR       many pictures from a job file, locally or on Ray
@@ -45,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as done:  # --help and --version end here
             return int(done.code or 0)
         if args.command is None:
-            raise UsageError("choose a command: generate, img2img, inpaint, interpolate, controlnet, chain, info, "
-                             "reproduce, batch or serve (see `sfumato --help`)")
+            raise UsageError("choose a command: generate, img2img, inpaint, interpolate, controlnet, upscale, chain, "
+                             "info, reproduce, batch or serve (see `sfumato --help`)")
         from .commands import COMMANDS
 
         with _library_output(quiet=getattr(args, "quiet", False)):

@@ -19,7 +19,7 @@ from .models import Loader
 
 # subcommand -> task
 GENERATING = {"generate": "text2image", "img2img": "image2image", "inpaint": "inpaint",
-              "controlnet": "controlnet", "interpolate": "interpolate"}
+              "controlnet": "controlnet", "interpolate": "interpolate", "upscale": "upscale"}
 
 
 def check_count(pictures: int, what: str) -> None:
@@ -119,15 +119,19 @@ def _say(quiet: bool, message: str) -> None:
 
 def job_from_args(args: Any) -> Job:
     task = GENERATING[args.command]
-    job = Job(task=task, model=args.model, prior=args.prior, prompt=getattr(args, "prompt", None),
+    job = Job(task=task, model=args.model, prior=getattr(args, "prior", None), prompt=getattr(args, "prompt", None),
               negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
-              prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
+              prior_steps=getattr(args, "prior_steps", None), prior_guidance=getattr(args, "prior_guidance", None),
               strength=getattr(args, "strength", None), scheduler=args.scheduler, dtype=args.dtype,
-              device=args.device)
-    if args.size is not None:
+              device=args.device, noise_level=getattr(args, "noise_level", None),
+              controlnet=getattr(args, "controlnet", None), controlnet_scale=getattr(args, "controlnet_scale", None),
+              depth_model=getattr(args, "depth_model", None))
+    if getattr(args, "size", None) is not None:
         job.width, job.height = args.size
-    if task in ("image2image", "inpaint"):
+    if task in ("image2image", "inpaint", "upscale"):
         job.image = Source(path=args.image)
+    if getattr(args, "weighting", None) is not None:
+        job.weighting = args.weighting
     if task == "inpaint":
         job.mask = Source(path=args.mask)
         job.keep_unmasked = args.keep_unmasked
@@ -140,7 +144,7 @@ def job_from_args(args: Any) -> Job:
 
 
 def generate(args: Any) -> int:
-    """generate / img2img / inpaint / controlnet / interpolate: --num pictures of one job."""
+    """generate / img2img / inpaint / controlnet / interpolate / upscale: --num pictures of one job."""
     check_count(args.num, f"--num {args.num}")
     job = check(job_from_args(args))
     seed = args.seed if args.seed is not None else random_seed()
@@ -150,7 +154,7 @@ def generate(args: Any) -> int:
     for note in advice(job):
         _say(args.quiet, f"sfumato: warning: {note}")
     loader = Loader(job.dtype, job.device, args.quiet)
-    loader.preload([(job.task, job.model_ref, job.prior_ref)])
+    loader.preload(plan(job))
     for index, path in enumerate(paths):
         picture_job = with_seed(job, seed + index)
         label = f"{index + 1}/{len(paths)}" if len(paths) > 1 else ""
@@ -164,7 +168,8 @@ def generate(args: Any) -> int:
 # keys of a chain file's top level besides the list of steps: defaults for every step
 _CHAIN_DEFAULTS = {"model", "prior", "negative_prompt", "negative", "seed", "scheduler", "dtype", "device", "size",
                    "num_inference_steps", "guidance_scale", "guidance", "prior_num_inference_steps", "prior_steps",
-                   "prior_guidance_scale", "prior_guidance", "strength", "keep_unmasked"}
+                   "prior_guidance_scale", "prior_guidance", "strength", "keep_unmasked", "weighting", "noise_level",
+                   "controlnet", "controlnet_scale", "controlnet_conditioning_scale", "depth_model"}
 
 
 #: Bytes of a chain file, and values it may hold once its YAML aliases (``*name``) are expanded: a chain of
@@ -363,6 +368,15 @@ def build_chain(defaults: dict[str, Any], steps: list[Any], path: str, seed_offs
         check(job, where=f"{where}: ", previous=previous)
         previous = Source(job=job)
         built.append((job, previous, out))
+    # a step hands latents (output_type: latent, or denoising_end before denoising_start) only to the next one
+    for number, (job, _, out) in enumerate(built, start=1):
+        if job.output_type == "latent":
+            if number == len(built):
+                jobs_module.check_final(job, f"chain step {number} (the last): ")
+            if out is not None:
+                raise UsageError(f"chain step {number}: out {jobs_module.shown(out)} cannot be written: the step hands "
+                                 f"latents to the next one (output_type: latent, or a denoising_end followed by "
+                                 f"denoising_start), not a picture")
     return built
 
 
@@ -375,7 +389,8 @@ def _step_defaults(defaults: dict[str, Any], where: str) -> dict[str, Any]:
     jobs_module.check_fields(job, f"{where} (chain defaults): ")
     return {name: getattr(job, name) for name in ("model", "prior", "negative_prompt", "seed", "scheduler", "steps",
                                                   "guidance", "prior_steps", "prior_guidance", "strength", "width",
-                                                  "height", "keep_unmasked") if getattr(job, name) is not None}
+                                                  "height", "keep_unmasked", "weighting", "noise_level", "controlnet",
+                                                  "controlnet_scale", "depth_model") if getattr(job, name) is not None}
 
 
 def chain(args: Any) -> int:
@@ -410,7 +425,7 @@ def chain(args: Any) -> int:
             _say(args.quiet, f"sfumato: warning: chain step {number}: {note}")
     device = runs[0][0][0].device
     loader = Loader(dtype, device, args.quiet)
-    loader.preload([(job.task, job.model_ref, job.prior_ref) for job, _, _ in runs[0]])
+    loader.preload([step for job, _, _ in runs[0] for step in plan(job)[-1:]])
     for index, built in enumerate(runs):
         for number, (job, source, _) in enumerate(built):
             label = f"step {number + 1}/{len(built)}" + (f", run {index + 1}/{args.num}" if args.num > 1 else "")
@@ -425,10 +440,11 @@ def chain(args: Any) -> int:
 # ---------------------------------------------------------------------------------------------- info & reproduce
 
 # the order `sfumato info` prints fields in; anything else follows
-_INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "items", "weights", "image", "mask", "keep_unmasked",
-               "hint", "strength", "seed", "steps", "guidance", "prior_steps", "prior_guidance", "width", "height",
-               "scheduler", "scheduler_class", "model", "prior", "dtype", "device", "cpu_threads", "index", "num",
-               "sfumato", "input_sha256")
+_INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "weighting", "items", "weights", "image", "mask", "keep_unmasked",
+               "hint", "depth_model", "strength", "noise_level", "denoising_start", "denoising_end", "output_type",
+               "seed", "steps", "guidance", "controlnet_scale", "prior_steps", "prior_guidance", "width", "height",
+               "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "device", "cpu_threads",
+               "index", "num", "sfumato", "input_sha256")
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -541,6 +557,7 @@ def reproduce(args: Any) -> int:
     job = Job.from_mapping(record, where, record=True)
     if job.seed is None:
         raise UsageError(f"the parameters in {args.image!r} have no seed; the picture cannot be made again")
+    jobs_module.check_final(job, f"{args.image}: ")
     check(job, where=f"{args.image}: ")
     source = Path(args.image)
     out = args.out or str(source.with_name(f"{source.stem}-reproduced.png"))

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from .errors import UsageError
 from . import models
 
-TASKS = ("text2image", "image2image", "inpaint", "controlnet", "interpolate")
+TASKS = ("text2image", "image2image", "inpaint", "controlnet", "interpolate", "upscale")
 
 
 def _task_names() -> dict[str, str]:
@@ -47,16 +47,18 @@ def _task_names() -> dict[str, str]:
         "inpaint": "inpaint", "inpainting": "inpaint",
         "controlnet": "controlnet",
         "interpolate": "interpolate", "interpolation": "interpolate",
+        "upscale": "upscale", "upscaling": "upscale", "upscaler": "upscale",
         "AutoPipelineForText2Image": "text2image", "AutoPipelineForImage2Image": "image2image",
         "AutoPipelineForInpainting": "inpaint",
     }
     for family in models.FAMILIES:
         for table in (auto.FAMILIES, auto.DECODERS):
-            names.update({name: task for task, name in table[family].items()})
-        names.update({f"{name}.interpolate": "interpolate" for name in auto.PRIORS[family]})
+            names.update({name: task for task, name in table.get(family, {}).items()})
+        names.update({f"{name}.interpolate": "interpolate" for name in auto.PRIORS.get(family, ())})
         controlnet = auto.CONTROLNETS.get(family, {}).get(auto.TEXT2IMAGE)
         if controlnet:
             names[controlnet] = "controlnet"
+    names.update({name: "upscale" for name in models.UPSCALERS})
     return names
 
 
@@ -67,6 +69,7 @@ ALIASES = {
     "pipeline": "task", "negative": "negative_prompt", "num_inference_steps": "steps",
     "guidance_scale": "guidance", "prior_num_inference_steps": "prior_steps",
     "prior_guidance_scale": "prior_guidance", "mask_image": "mask", "images_and_prompts": "items",
+    "controlnet_conditioning_scale": "controlnet_scale", "control_image": "hint",
 }
 #: Record keys that describe a picture but do not change it (ignored when a record is read back).
 INFORMATIONAL = {"sfumato", "command", "index", "num", "scheduler_class", "input_sha256", "cpu_threads"}
@@ -96,12 +99,18 @@ def shown(value: Any, limit: int = 120) -> str:
 # task -> the inputs it requires / the optional fields that make sense for it
 _REQUIRED = {
     "text2image": ("prompt",), "image2image": ("prompt", "image"), "inpaint": ("prompt", "image", "mask"),
-    "controlnet": ("prompt", "hint"), "interpolate": ("items",),
+    "controlnet": ("prompt", "hint"), "interpolate": ("items",), "upscale": ("image",),
 }
-_ONLY_FOR = {"strength": ("image2image",), "image": ("image2image", "inpaint"), "mask": ("inpaint",),
+_ONLY_FOR = {"strength": ("image2image",), "image": ("image2image", "inpaint", "upscale"), "mask": ("inpaint",),
              "keep_unmasked": ("inpaint",),
              "hint": ("controlnet",), "items": ("interpolate",), "weights": ("interpolate",),
-             "prompt": ("text2image", "image2image", "inpaint", "controlnet")}
+             "prompt": ("text2image", "image2image", "inpaint", "controlnet", "upscale"),
+             "noise_level": ("upscale",), "controlnet": ("controlnet",), "controlnet_scale": ("controlnet",),
+             "depth_model": ("controlnet",), "denoising_end": ("text2image", "image2image", "inpaint"),
+             "denoising_start": ("image2image", "inpaint"),
+             "output_type": ("text2image", "image2image", "inpaint", "upscale")}
+#: What a step's output may be: a picture, or (``latent``) the latents, handed to the next step's ``image``.
+OUTPUT_TYPES = ("pil", "latent")
 
 
 @dataclass
@@ -144,8 +153,18 @@ class Job:
     weights: list[float] | None = None
     # inpaint: paste the picture's own pixels back where the mask is black (None: yes)
     keep_unmasked: bool | None = None
+    # prompt weighting syntax, (word:1.3) / (word) / [word], and long CLIP prompts in chunks (None: on)
+    weighting: bool | None = None
+    noise_level: int | None = None  # the x4 upscaler's noise added to the low-resolution picture
+    controlnet: str | None = None  # Stable Diffusion: the ControlNetModel folder
+    controlnet_scale: float | None = None  # controlnet_conditioning_scale
+    depth_model: str | None = None  # a depth-estimation model folder: HINT is a picture, made into a depth hint
+    denoising_end: float | None = None  # stop this share of the way through the schedule (SDXL base)
+    denoising_start: float | None = None  # start this share of the way through, from the previous step's latents
+    output_type: str | None = None  # "latent": hand the latents, not a picture, to the next chain step
     # filled by check() / settle() / run(), not recorded as such
     model_ref: models.ModelRef | None = field(default=None, repr=False)
+    controlnet_ref: models.ModelRef | None = field(default=None, repr=False)
     prior_ref: models.ModelRef | None = field(default=None, repr=False)
     index: dict | None = field(default=None, repr=False)  # the checkpoint's model_index.json
     scheduler_class: str | None = field(default=None, repr=False)
@@ -159,7 +178,8 @@ class Job:
         record: dict[str, Any] = {} if nested else {"sfumato": __version__}
         for name in ("task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance",
                      "prior_steps", "prior_guidance", "strength", "width", "height", "scheduler",
-                     "scheduler_class", "dtype", "device", "keep_unmasked"):
+                     "scheduler_class", "dtype", "device", "keep_unmasked", "weighting", "noise_level", "controlnet",
+                     "controlnet_scale", "depth_model", "denoising_end", "denoising_start", "output_type"):
             value = getattr(self, name)
             if value is not None or name in ("negative_prompt", "scheduler"):
                 record[name] = value
@@ -197,7 +217,8 @@ class Job:
             raise UsageError(f"{root}: the picture is made from more than {MAX_CHAIN_STEPS} earlier steps, one "
                              f"nested in the other; a chain has at most {MAX_CHAIN_STEPS} steps")
         values: dict[str, Any] = {}
-        known = {f.name for f in fields(cls) if f.name not in ("model_ref", "prior_ref", "index", "scheduler_class")}
+        known = {f.name for f in fields(cls) if f.name not in ("model_ref", "prior_ref", "controlnet_ref", "index",
+                                                               "scheduler_class")}
         for key, value in data.items():
             name = ALIASES.get(key, key)
             if record and name in INFORMATIONAL:
@@ -211,7 +232,7 @@ class Job:
             values[name] = value
         if "task" not in values or values["task"] is None:
             raise UsageError(f"{where} names no task; add task: text2image (or image2image, inpaint, controlnet, "
-                             f"interpolate, or a pipeline class name)")
+                             f"interpolate, upscale, or a pipeline class name)")
         task = values["task"]
         if not isinstance(task, str) or task not in TASK_NAMES:
             raise UsageError(f"{where}: unknown task {shown(task)}; use one of {', '.join(TASKS)} or one of the "
@@ -219,9 +240,12 @@ class Job:
         values["task"] = TASK_NAMES[task]
         if record and values["task"] == "inpaint":
             values.setdefault("keep_unmasked", False)  # a picture made before the option existed: it was off
+        if record:
+            values.setdefault("weighting", False)  # made before prompt weighting: prompts were read as plain text
         for name, value in (defaults or {}).items():
             # a chain-wide default (e.g. strength) applies to the steps it makes sense for
-            if name not in values and values["task"] in _ONLY_FOR.get(name, TASKS):
+            if name not in values and values["task"] in _ONLY_FOR.get(name, TASKS) \
+                    and not (values["task"] == "upscale" and name in ("width", "height")):  # its input's size decides
                 values[name] = value
         hashes = (data.get("input_sha256") or {}) if record else {}
         if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
@@ -366,8 +390,42 @@ def check_fields(job: Job, where: str) -> None:
         if text is not None and len(text) > MAX_PROMPT_CHARS:
             raise UsageError(f"{where}{flag} is {len(text)} characters long, more than the limit of "
                              f"{MAX_PROMPT_CHARS} (the text encoder reads only the first few hundred)")
+    if job.noise_level is not None and (isinstance(job.noise_level, bool) or not isinstance(job.noise_level,
+                                                                                              numbers.Integral)
+                                        or job.noise_level < 0):
+        raise UsageError(f"{where}--noise-level must be a whole number of at least 0 (the x4 upscaler's noise on the "
+                         f"low-resolution picture), got {shown(job.noise_level)}")
+    if job.controlnet_scale is not None:
+        _finite(job.controlnet_scale, f"{where}--controlnet-scale")
+    for name in ("denoising_end", "denoising_start"):
+        value = getattr(job, name)
+        if value is not None:
+            _finite(value, f"{where}{name}")
+            if not 0 < value < 1:
+                raise UsageError(f"{where}{name} must be in (0, 1) (the share of the schedule at which the "
+                                 f"{'base stops' if name == 'denoising_end' else 'refiner starts'}), got {shown(value)}")
+    if job.output_type is not None and job.output_type not in OUTPUT_TYPES:
+        raise UsageError(f"{where}output_type must be one of {', '.join(OUTPUT_TYPES)} (latent: hand the latents to "
+                         f"the next chain step), got {shown(job.output_type)}")
+    for name in ("controlnet", "depth_model"):
+        value = getattr(job, name)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{where}{_flag(name)} must be a folder, got {shown(value)}")
+            _check_name(value, f"{where}{_flag(name)}")
     if job.keep_unmasked is not None and not isinstance(job.keep_unmasked, bool):
         raise UsageError(f"{where}keep_unmasked must be true or false, got {shown(job.keep_unmasked)}")
+    if job.weighting is not None and not isinstance(job.weighting, bool):
+        raise UsageError(f"{where}weighting must be true or false, got {shown(job.weighting)}")
+    if job.weighting is not False:  # the weighting syntax, checked before anything loads
+        from ..prompts.syntax import PromptSyntaxError, parse_prompt
+
+        for flag, text in texts[:2]:
+            if isinstance(text, str) and len(text) <= MAX_PROMPT_CHARS:
+                try:
+                    parse_prompt(text, flag)
+                except PromptSyntaxError as error:
+                    raise UsageError(f"{where}{error} (or pass --no-weighting to read it as plain text)") from None
     if not isinstance(job.dtype, str) or job.dtype not in models.DTYPES:
         raise UsageError(f"{where}--dtype must be one of {', '.join(models.DTYPES)}, got {shown(job.dtype)}")
     if job.device is not None and not isinstance(job.device, str):
@@ -438,8 +496,9 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     Arguments, the checkpoint folders (exist, can do the task, have a prior),
     the checkpoint's own defaults, and the input pictures (exist, decode).
     ``previous`` is the earlier chain step's output, used where the chain
-    says ``$previous`` (and, by default, as the image of image-to-image and
-    inpainting steps and the hint of ControlNet steps).
+    says ``$previous`` (and, by default, as the image of image-to-image,
+    inpainting and upscale steps and the hint of ControlNet steps). Latents
+    handed from step to step are checked here too (:func:`_check_handoff`).
     """
     if previous is not None:
         _feed_previous(job, previous)
@@ -457,15 +516,129 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     job.model_ref, job.model = model_ref, model_ref.spec
     if job.prior is not None:
         job.prior = job.prior_ref.spec
+    kind = models.checkpoint_kind(job.index, model_ref) if job.index is not None else None
+    _check_family_fields(job, kind, where)
+    given = job.image.job if job.image is not None else None
+    if given is not None and job.denoising_start is not None and given.output_type is None \
+            and given.denoising_end == job.denoising_start:
+        given.output_type = "latent"  # the base -> refiner hand-off: latents, not a decoded picture
+    latent_input = given is not None and given.output_type == "latent"
+    if job.weighting is None:
+        job.weighting = True
     if job.task == "inpaint" and job.keep_unmasked is None:
-        job.keep_unmasked = True
+        job.keep_unmasked = not latent_input  # latents have no pixels to paste back
+    if latent_input and job.keep_unmasked:
+        raise UsageError(f"{where}--keep-unmasked needs the picture's pixels, but IMAGE is the latents of the "
+                         f"previous step; pass --no-keep-unmasked (keep_unmasked: false)")
     for name, value in models.folder_defaults(model_ref).items():
         if getattr(job, name) is None and (name != "strength" or job.task == "image2image"):
             setattr(job, name, value)
     # inputs: files exist and are pictures; earlier jobs are checked the same way
     for name, source in job._sources():
         _open(source, f"{where}{_flag(name.split('.')[0])}", grayscale=name == "mask")
+    _check_handoff(job, kind, where)
     return job
+
+
+def _check_family_fields(job: Job, kind: str | None, where: str) -> None:
+    """Fields that only some families take (prior settings, a ControlNet folder, a depth model), against the
+    checkpoint's kind (``None``: a hub id, known only once downloaded)."""
+    from .. import auto
+
+    if kind is None:  # a hub id: what it is shows once it is downloaded
+        two_stage = True
+    else:
+        two_stage = kind != "upscale" and auto.describe(job.index["_class_name"])[0] in ("kandinsky", "kandinsky22")
+    if not two_stage:
+        for name in ("prior_steps", "prior_guidance"):
+            if getattr(job, name) is not None:
+                raise UsageError(f"{where}{_flag(name)} applies to the two-stage Kandinsky 2.1 and 2.2 checkpoints "
+                                 f"only; --model {job.model_ref.spec!r} has no prior")
+    if job.task == "controlnet" and (kind == "stable-diffusion" or (kind is None and job.controlnet is not None)):
+        if job.controlnet is None:
+            raise UsageError(f"{where}controlnet with the Stable Diffusion checkpoint {job.model_ref.spec!r} needs "
+                             f"--controlnet FOLDER, a ControlNetModel folder (e.g. a depth ControlNet)")
+        job.controlnet_ref = models.parse_component(job.controlnet, f"{where}--controlnet", ("ControlNetModel",))
+        job.controlnet = job.controlnet_ref.spec
+        control = models.component_config(job.controlnet_ref, "")
+        unet = models.component_config(job.model_ref, "unet")
+        if control and unet and control.get("cross_attention_dim") != unet.get("cross_attention_dim"):
+            raise UsageError(f"{where}--controlnet {job.controlnet!r} was made for a UNet with cross_attention_dim "
+                             f"{control.get('cross_attention_dim')}, but --model {job.model_ref.spec!r} has "
+                             f"{unet.get('cross_attention_dim')}; pass a ControlNet of this Stable Diffusion model")
+    elif job.task == "controlnet" and kind == "sd-controlnet":
+        if job.controlnet is not None:
+            raise UsageError(f"{where}--controlnet: --model {job.model_ref.spec!r} is a Stable Diffusion ControlNet "
+                             f"pipeline with its own ControlNet; pass its Stable Diffusion folder as --model to use "
+                             f"another one")
+    elif job.task == "controlnet" and kind is not None:
+        for name in ("controlnet", "controlnet_scale"):
+            if getattr(job, name) is not None:
+                raise UsageError(f"{where}{_flag(name)} applies to Stable Diffusion checkpoints (a ControlNetModel "
+                                 f"beside the UNet); --model {job.model_ref.spec!r} is a Kandinsky 2.2 ControlNet "
+                                 f"decoder, which has its own")
+    if job.depth_model is not None:
+        folder = os.path.expanduser(job.depth_model)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise UsageError(f"{where}--depth-model {shown(job.depth_model)} must be a local folder holding a "
+                             f"transformers depth-estimation model (config.json, weights, preprocessor_config.json)")
+        job.depth_model = os.path.abspath(folder)
+    if job.noise_level is not None and kind is not None and kind == "upscale":
+        upscaler = models.upscaler(job.model_ref)
+        if upscaler is not None and upscaler[0] != "x4":
+            raise UsageError(f"{where}--noise-level applies to the x4 upscaler only; --model {job.model_ref.spec!r} "
+                             f"is the x2 latent upscaler")
+        if upscaler is not None and upscaler[0] == "x4":
+            # the pipeline's max_noise_level, and the UNet's noise-level classes
+            most = [job.index.get("max_noise_level", 350)]
+            classes = (models.component_config(job.model_ref, "unet") or {}).get("num_class_embeds")
+            most += [classes - 1] if isinstance(classes, int) else []
+            if isinstance(most[0], int) and job.noise_level > min(most):
+                raise UsageError(f"{where}--noise-level {job.noise_level} is more than this x4 upscaler takes: 0 to "
+                                 f"{min(most)} (its max_noise_level)")
+
+
+def _check_handoff(job: Job, kind: str | None, where: str) -> None:
+    """Latents handed from an earlier step (``output_type: latent``, or a ``denoising_end`` step before a
+    ``denoising_start`` one) go only where they mean the same: an ``image`` of a model in the same latent space."""
+    for name, source in job._sources():
+        if source.job is not None and source.job.output_type == "latent" and name != "image":
+            raise UsageError(f"{where}{_flag(name.split('.')[0])} comes from a step that hands latents "
+                             f"(output_type: latent); only an image2image, inpaint or upscale step's image can take "
+                             f"latents")
+    source = job.image
+    given = source.job if source is not None else None
+    if job.denoising_start is not None:
+        if given is None:
+            raise UsageError(f"{where}denoising_start {job.denoising_start} continues the latents of the previous "
+                             f"step, but IMAGE is a file; the previous chain step must stop there with denoising_end")
+        if given.denoising_end != job.denoising_start:
+            stopped = ("ran to the end (no denoising_end)" if given.denoising_end is None
+                       else f"stopped at denoising_end {given.denoising_end}")
+            raise UsageError(f"{where}denoising_start {job.denoising_start} must continue where the previous step "
+                             f"stopped, but it {stopped}; give both steps the same value")
+    if given is None or given.output_type != "latent":
+        return
+    if kind == "upscale" and (models.upscaler(job.model_ref) or ("",))[0] == "x4":
+        raise UsageError(f"{where}IMAGE: the x4 upscaler takes pictures, not the latents the previous step hands "
+                         f"(output_type: latent); let that step make a picture")
+    if kind == "inpaint":
+        raise UsageError(f"{where}IMAGE: this inpainting UNet also reads the masked picture, which latents cannot "
+                         f"give; let the previous step make a picture (no output_type: latent)")
+    if job.model_ref.folder is None or given.model_ref is None or given.model_ref.folder is None:
+        return  # hub ids: the library checks the latents' channels once loaded
+    mine, theirs = models.latent_space(job.model_ref), models.latent_space(given.model_ref)
+    if mine is None or theirs is None:
+        who = job.model_ref.spec if mine is None else given.model_ref.spec
+        raise UsageError(f"{where}IMAGE: latents are handed only between models with a VAE (Stable Diffusion, SDXL, "
+                         f"the x2 latent upscaler); {who!r} has none (Kandinsky's MoVQ latents stay inside its "
+                         f"pipelines); let the previous step make a picture")
+    different = [f"{key} {theirs[key]!r} -> {mine[key]!r}" for key in mine if mine[key] != theirs[key]]
+    if different:
+        raise UsageError(f"{where}IMAGE: the previous step hands latents of {given.model_ref.spec!r}, but "
+                         f"{job.model_ref.spec!r} has another latent space (its VAE differs: {'; '.join(different)}); "
+                         f"latents only go to a model with the same VAE, e.g. SDXL base -> refiner, or Stable "
+                         f"Diffusion -> the x2 latent upscaler")
 
 
 def settle(job: Job, where: str = "", override_device: str | None = None) -> Job:
@@ -477,16 +650,26 @@ def settle(job: Job, where: str = "", override_device: str | None = None) -> Job
                                      f"step): ", override_device=override_device)
     job.device = resolve_device(override_device or job.device)
     multiple = models.size_multiple(job.model_ref)
-    for name in ("width", "height"):
-        value = getattr(job, name)
-        if multiple and value is not None and value % multiple:
-            lower = max(multiple, value // multiple * multiple)
-            raise UsageError(f"{where}--size {job.width}x{job.height}: {name} {value} is not a multiple of "
-                             f"{multiple}, which this model needs (e.g. {lower} or {lower + multiple})")
+    if job.task == "upscale":
+        _settle_upscale(job, where, multiple)
+    else:
+        for name in ("width", "height"):
+            value = getattr(job, name)
+            if multiple and value is not None and value % multiple:
+                lower = max(multiple, value // multiple * multiple)
+                raise UsageError(f"{where}--size {job.width}x{job.height}: {name} {value} is not a multiple of "
+                                 f"{multiple}, which this model needs (e.g. {lower} or {lower + multiple})")
+        if job.width is None and job.height is None and not (job.image or job.hint):
+            # a VAE family's pipelines default to the UNet's sample size; recorded, so the PNG says it
+            job.width, job.height = models.default_size(job.model_ref) or (None, None)
     classes = _pipeline_classes(job, job.index)
     if classes is not None:
         _fill_defaults(job, *classes, multiple=multiple or 64)
         _check_strength(job, where)
+        for name in ("denoising_end", "denoising_start"):
+            if getattr(job, name) is not None and name not in inspect.signature(classes[0].__call__).parameters:
+                raise UsageError(f"{where}{name} applies to pipelines that cut the schedule (SDXL base and refiner); "
+                                 f"{classes[0].__name__} has no {name}")
     _check_steps(job, where)
     if job.width and job.height:  # the library's bounds on a picture (size, memory), before it is loaded
         from .. import limits
@@ -495,8 +678,42 @@ def settle(job: Job, where: str = "", override_device: str | None = None) -> Job
             limits.check_request(pictures=1, height=job.height, width=job.width,
                                  dtype_size=4 if job.dtype == "fp32" else 2, what=f"--size {job.width}x{job.height}")
         except limits.RequestTooLarge as error:
-            raise UsageError(f"{where}{error}") from None
+            made = f"the upscale of IMAGE makes {job.width}x{job.height} pixels: " if job.task == "upscale" else ""
+            raise UsageError(f"{where}{made}{error}") from None
     return job
+
+
+def _input_size(source: Source | None) -> tuple[int, int] | None:
+    """(width, height) of an input picture: the file's, or the size an earlier step makes (latents: the size
+    of the picture they stand for)."""
+    if source is None:
+        return None
+    if _is_picture(source.picture):
+        return source.picture.size
+    if source.job is not None and source.job.width and source.job.height:
+        return source.job.width, source.job.height
+    return None
+
+
+def _settle_upscale(job: Job, where: str, multiple: int | None) -> None:
+    """The upscaled size, from the input picture and the upscaler (checked before anything loads)."""
+    upscaler = models.upscaler(job.model_ref) if job.model_ref.folder is not None else None
+    size = _input_size(job.image)
+    if upscaler is None or size is None:
+        return  # a hub id: run() records the size it makes
+    kind, factor, multiple, minimum = upscaler
+    width, height = size
+    if width % multiple or height % multiple or min(width, height) < minimum:
+        fit = [max(minimum, side // multiple * multiple) for side in size]
+        raise UsageError(f"{where}IMAGE is {width}x{height} pixels, but the {kind} upscaler {job.model_ref.spec!r} "
+                         f"takes pictures whose sides are multiples of {multiple}, at least {minimum} (e.g. "
+                         f"{fit[0]}x{fit[1]})")
+    made = (width * factor, height * factor)
+    given = (job.width, job.height)
+    if given != (None, None) and given != made:
+        raise UsageError(f"{where}--size {job.width}x{job.height}: the {kind} upscaler makes {made[0]}x{made[1]} from a "
+                         f"{width}x{height} picture; the size of an upscale follows from its input")
+    job.width, job.height = made
 
 
 def _check_steps(job: Job, where: str) -> None:
@@ -533,7 +750,7 @@ def advice(job: Job) -> list[str]:
 
 
 def _feed_previous(job: Job, previous: Source) -> None:
-    default = {"image2image": "image", "inpaint": "image", "controlnet": "hint"}.get(job.task)
+    default = {"image2image": "image", "inpaint": "image", "controlnet": "hint", "upscale": "image"}.get(job.task)
     if default and getattr(job, default) is None:
         setattr(job, default, previous)
     for name in ("image", "mask", "hint"):
@@ -646,15 +863,18 @@ def picture_sha256(picture) -> str:
 
 
 def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
-    """Make the job's picture (a PIL image); fills the job's defaults in place so its record is complete."""
+    """Make the job's picture (a PIL image; with ``output_type: latent`` the latents, a 1 x C x h x w tensor,
+    for the next chain step); fills the job's defaults in place so its record is complete."""
     import torch
+
+    from ..prompts import prompt_keywords
 
     for _, source in job._sources():
         if source.picture is None and source.job is not None:
             source.picture = run(source.job, loader, label=f"{label} (input)".strip(), quiet=quiet)
     if job.seed is None:
         raise ValueError("internal: a job runs only with a seed")
-    pipes = loader.get(job.task, job.model_ref, job.prior_ref)
+    pipes = loader.get(job.task, job.model_ref, job.prior_ref or job.controlnet_ref)
     # usually all set by settle(); a hub checkpoint's defaults are known only now
     if isinstance(pipes, tuple):
         _fill_defaults(job, pipes[1], pipes[0], _multiple(pipes[1]))
@@ -665,15 +885,15 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
     # --num batch can be made again on its own from its recorded seed
     generator = torch.Generator("cpu").manual_seed(job.seed)
     suffix = f" {label}" if label else ""
-    if job.task in ("controlnet", "interpolate"):
+    if isinstance(pipes, tuple):  # controlnet (Kandinsky 2.2) and interpolate call the two stages themselves
         prior, decoder = pipes
         job.scheduler_class = loader.reset_schedulers(job.model_ref, job.prior_ref, prior, decoder, job.scheduler)
         prior.set_progress_bar_config(disable=quiet, desc=f"prior{suffix}", leave=False)
         decoder.set_progress_bar_config(disable=quiet, desc=f"denoising{suffix}")
         if job.task == "controlnet":
-            embeds = prior(prompt=job.prompt, negative_prompt=job.negative_prompt, guidance_scale=job.prior_guidance,
-                           num_inference_steps=job.prior_steps, generator=generator)
-            extra = {"hint": _hint_tensor(job.hint.picture, decoder, job.width, job.height)}
+            embeds = prior(**prompt_keywords(prior, job.prompt, job.negative_prompt, weighted=job.weighting),
+                           guidance_scale=job.prior_guidance, num_inference_steps=job.prior_steps, generator=generator)
+            extra = {"hint": _hint_tensor(_control_picture(job, loader), decoder, job.width, job.height)}
         else:
             items = [item if isinstance(item, str) else item.picture for item in job.items]
             embeds = prior.interpolate(items, job.weights, num_inference_steps=job.prior_steps,
@@ -695,14 +915,37 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
     arguments = dict(prompt=job.prompt, negative_prompt=job.negative_prompt, num_inference_steps=job.steps,
                      guidance_scale=job.guidance, height=job.height, width=job.width,
                      prior_guidance_scale=job.prior_guidance, prior_num_inference_steps=job.prior_steps,
-                     generator=generator)
+                     generator=generator, denoising_end=job.denoising_end, denoising_start=job.denoising_start)
+    if job.output_type == "latent":
+        arguments["output_type"] = "latent"
+    if job.task == "upscale":
+        arguments.update(prompt=job.prompt or "", image=job.image.picture, noise_level=job.noise_level)
     if job.task in ("image2image", "inpaint"):
         arguments["image"] = job.image.picture
     if job.task == "image2image":
         arguments["strength"] = job.strength
+        if "height" not in inspect.signature(pipe.__call__).parameters:
+            # pipelines that make the picture's own size (Stable Diffusion, SDXL, Kandinsky 3): give it that size
+            arguments["image"] = _sized(job.image.picture, job.width, job.height)
     if job.task == "inpaint":
         arguments["mask_image"] = job.mask.picture
-    picture = pipe(**_accepted(pipe, arguments)).images[0]
+    if job.task == "controlnet":  # Stable Diffusion: the control image has the picture's size
+        arguments.update(image=_sized(_control_picture(job, loader).convert("RGB"), job.width, job.height),
+                         controlnet_conditioning_scale=job.controlnet_scale)
+    text = {"prompt": arguments.pop("prompt"), "negative_prompt": arguments.pop("negative_prompt")}
+    arguments.update(prompt_keywords(pipe, **text, weighted=job.weighting) if "prompt" in _accepted(pipe, text) else text)
+    output = pipe(**_accepted(pipe, arguments))
+    if job.output_type == "latent":
+        return output.images[:1]
+    picture = output.images[0]
+    flagged = getattr(output, "nsfw_content_detected", None)
+    if flagged and flagged[0]:
+        import logging
+
+        logging.getLogger("sfumato").warning("the checkpoint's safety checker flagged the picture, so it is black "
+                                             "(a Stable Diffusion folder's safety_checker decides this)")
+    if job.task == "upscale":
+        job.width, job.height = picture.size  # known before only for local folders
     if job.task == "inpaint" and job.keep_unmasked:
         from ..image import keep_unmasked
 
@@ -711,9 +954,37 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
 
 
 def _accepted(pipe: Any, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Drop prior settings a single-stage pipeline (e.g. Stable Diffusion) does not take."""
+    """The arguments ``pipe`` takes: prior settings go to two-stage pipelines only, the schedule cut (unset
+    where it is not used) to SDXL's, ``height`` / ``width`` to pipelines that name them."""
     parameters = inspect.signature(pipe.__call__).parameters
-    return {k: v for k, v in arguments.items() if k in parameters or not k.startswith("prior_")}
+    return {k: v for k, v in arguments.items()
+            if k in parameters and (v is not None or k not in ("denoising_end", "denoising_start", "noise_level",
+                                                               "controlnet_conditioning_scale"))}
+
+
+def _is_picture(value: Any) -> bool:
+    """Whether ``value`` is a PIL picture (not latents handed by an earlier step)."""
+    import PIL.Image
+
+    return isinstance(value, PIL.Image.Image)
+
+
+def _sized(picture: Any, width: int | None, height: int | None) -> Any:
+    """A PIL picture at ``width`` x ``height`` (resized only where it differs; latents pass unchanged)."""
+    if not _is_picture(picture) or None in (width, height) or picture.size == (width, height):
+        return picture
+    import PIL.Image
+
+    return picture.resize((width, height), resample=PIL.Image.Resampling.LANCZOS)
+
+
+def _control_picture(job: Job, loader: models.Loader) -> Any:
+    """The hint picture, or with --depth-model its depth map (near = bright, in all three channels)."""
+    if job.depth_model is None:
+        return job.hint.picture
+    from ..image import estimate_depth
+
+    return estimate_depth(job.hint.picture.convert("RGB"), loader.depth_estimator(job.depth_model))[0].convert("RGB")
 
 
 def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
@@ -734,15 +1005,16 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
                       "prior_guidance": (main, "prior_guidance_scale")}
     signatures.update({"steps": (main, "num_inference_steps"), "guidance": (main, "guidance_scale"),
                        "width": (main, "width"), "height": (main, "height")})
-    if job.task == "image2image":
+    if job.task == "image2image" and job.denoising_start is None:  # the cut, not the strength, says where to start
         signatures["strength"] = (main, "strength")
-    if job.width is None and job.height is None:
-        given = job.image or job.hint
-        size = None
-        if given is not None and given.picture is not None:
-            size = given.picture.size
-        elif given is not None and given.job is not None and given.job.width and given.job.height:
-            size = (given.job.width, given.job.height)  # an earlier chain step's picture, not made yet
+    if job.task == "upscale":
+        signatures = {"steps": signatures["steps"], "guidance": signatures["guidance"],
+                      "noise_level": (main, "noise_level")}
+    if job.task == "controlnet":
+        signatures["controlnet_scale"] = (main, "controlnet_conditioning_scale")
+    if job.width is None and job.height is None and job.task != "upscale":
+        # an earlier chain step's picture (not made yet, or latents) has the size that step records
+        size = _input_size(job.image or job.hint)
         if size is not None:
             # a picture given as input sets the size, rounded down to what the model can make
             job.width, job.height = (max(multiple, side // multiple * multiple) for side in size)
@@ -758,7 +1030,7 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
 
 def _check_strength(job: Job, where: str = "") -> None:
     if job.task == "image2image" and job.steps is not None and job.strength is not None \
-            and int(job.steps * job.strength) < 1:
+            and job.denoising_start is None and int(job.steps * job.strength) < 1:
         # image-to-image runs only the last strength x steps steps; none would be left
         raise UsageError(f"{where}--strength {job.strength} with --steps {job.steps} leaves no denoising step to run; "
                          f"raise --strength or --steps so that strength x steps is at least 1")
@@ -775,12 +1047,16 @@ def _pipeline_classes(job: Job, index: dict | None) -> tuple[Any, Any] | None:
     import sfumato
     from .. import auto
 
+    if index["_class_name"] in models.UPSCALERS:
+        return getattr(sfumato, index["_class_name"]), None
     try:
         family, _ = auto.family_of(index["_class_name"])
     except ValueError:
         return None
     prior_index = models.read_index(job.prior_ref, "--prior") if job.prior_ref is not None else None
     prior = getattr(sfumato, prior_index["_class_name"], None) if prior_index else None
+    if job.task == "controlnet" and family in auto.CONTROLNET_COMPONENT_FAMILIES:
+        return getattr(sfumato, auto.CONTROLNETS[family][auto.TEXT2IMAGE]), None
     if job.task == "controlnet":
         decoder = getattr(sfumato, index["_class_name"], None)
         return (decoder, prior) if decoder is not None and prior is not None else None
@@ -821,12 +1097,13 @@ def with_seed(job: Job, seed: int) -> Job:
 
 
 def plan(job: Job) -> list[tuple[str, models.ModelRef, models.ModelRef | None]]:
-    """Every (task, model, prior) a job needs loaded, the jobs that make its input pictures first."""
+    """Every (task, model, companion) a job needs loaded, the jobs that make its input pictures first; the
+    companion is the prior of a two-stage Kandinsky decoder, or a Stable Diffusion ControlNet."""
     needed = []
     for _, source in job._sources():
         if source.job is not None:
             needed.extend(plan(source.job))
-    return needed + [(job.task, job.model_ref, job.prior_ref)]
+    return needed + [(job.task, job.model_ref, job.prior_ref or job.controlnet_ref)]
 
 
 def picture_record(job: Job, command: str, index: int = 0, count: int = 1) -> dict[str, Any]:
@@ -857,12 +1134,20 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def check_final(job: Job, where: str) -> None:
+    """Refuse a job whose result would be latents where a picture must come out (a PNG to write)."""
+    if job.output_type == "latent":
+        raise UsageError(f"{where}output_type: latent hands latents to the next chain step, but this step's result "
+                         f"is written as a picture; drop output_type (or add a step after it that takes the latents)")
+
+
 def from_record(record: Any, where: str, device: str | None = None) -> Job:
     """A checked, settled job from a stored record (a PNG's parameters, a batch job sent to a worker),
     ready for :func:`run`; ``device`` overrides the recorded one (``None``: the record's, else the best here)."""
     job = Job.from_mapping(record, where, record=True)
     if job.seed is None:
         raise UsageError(f"{where} has no seed; the picture cannot be made again")
+    check_final(job, f"{where}: ")
     check(job, where=f"{where}: ")
     return settle(job, where=f"{where}: ", override_device=device)
 

@@ -10,13 +10,19 @@ A model is named on the command line as
 * a local checkpoint folder (one with ``model_index.json``);
 * a model hub id such as ``kandinsky-community/kandinsky-2-2-decoder``.
 
+The command line runs the families of ``sfumato.auto`` (Kandinsky 2.1, 2.2
+and 3, Stable Diffusion 1.x / 2.x, SDXL base, refiner and inpainting) and the
+Stable Diffusion x2 latent and x4 upscalers; a Stable Diffusion ControlNet is
+a ``ControlNetModel`` folder (``config.json``, no ``model_index.json``) named
+by ``--controlnet`` beside the Stable Diffusion ``--model``.
+
 Kandinsky 2.1 and 2.2 decoders need a prior. As on the hub, a decoder folder
 names its prior in the front matter of its ``README.md`` (``prior: [../prior]``,
 relative paths allowed); ``--prior`` overrides that.
 
-What a checkpoint is (its family and task, its size multiple, its prior, its
-schedulers' step limits) is asked of the library, from the folder's JSON files,
-before any weights load.
+What a checkpoint is (its family and the tasks it can do, its size multiple,
+its default size, its latent space, its prior, its schedulers' step limits) is
+asked of the library, from the folder's JSON files, before any weights load.
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ from ..demo import DEFAULTS_FILE  # per-folder generation defaults (steps, guida
 from .errors import UsageError
 
 BUILTIN = "builtin"
-#: The model families the command line runs (``sfumato.auto``'s names: Kandinsky 2.1 and 2.2).
-FAMILIES = ("kandinsky", "kandinsky22")
+#: The model families the command line runs (``sfumato.auto``'s names).
+FAMILIES = ("kandinsky", "kandinsky22", "kandinsky3", "stable-diffusion", "stable-diffusion-xl")
+#: The upscaler pipelines the command line runs (``sfumato upscale``), and what they are.
+UPSCALERS = {"StableDiffusionLatentUpscalePipeline": "x2", "StableDiffusionUpscalePipeline": "x4"}
 #: Environment variable naming a folder laid out like the built-in model (prior/, decoder/, ...).
 BUILTIN_ENV = "SFUMATO_BUILTIN_MODEL"
 #: The built-in folder each task uses when no --model is given.
 BUILTIN_FOR_TASK = {"text2image": "decoder", "image2image": "decoder", "interpolate": "decoder",
-                    "inpaint": "inpaint", "controlnet": "controlnet"}
+                    "inpaint": "inpaint", "controlnet": "controlnet"}  # the built-in model has no upscaler
 # field in sfumato_defaults.json (the pipelines' keyword names) -> job field
 _DEFAULT_FIELDS = {"num_inference_steps": "steps", "guidance_scale": "guidance",
                    "prior_num_inference_steps": "prior_steps", "prior_guidance_scale": "prior_guidance",
@@ -141,6 +149,9 @@ def builtin_folder(name: str) -> Path:
 def parse_model(value: str | None, task: str, argument: str = "--model") -> ModelRef:
     """Resolve a --model value (``None``: the built-in model) for ``task``; nothing is loaded."""
     if value is None or value == BUILTIN or value.startswith(BUILTIN + ":"):
+        if value in (None, BUILTIN) and task not in BUILTIN_FOR_TASK:
+            raise UsageError(f"the built-in model has no {task} checkpoint; pass {argument} FOLDER (e.g. a Stable "
+                             f"Diffusion x2 latent or x4 upscaler folder)")
         name = BUILTIN_FOR_TASK[task] if value in (None, BUILTIN) else value.split(":", 1)[1]
         if name not in BUILTIN_FOLDERS:
             raise UsageError(f"{argument} {value!r} names no built-in folder; "
@@ -184,27 +195,79 @@ def read_index(ref: ModelRef, argument: str = "--model") -> dict[str, Any] | Non
     return index
 
 
+@_remembered(lambda ref, subfolder: (ref, subfolder))
+def component_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | None:
+    """``<subfolder>/config.json`` of a checkpoint folder (``None``: not on disk, or not readable JSON)."""
+    if ref is None or ref.folder is None:
+        return None
+    try:
+        config = json.loads((ref.folder / subfolder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def checkpoint_kind(index: dict[str, Any], ref: ModelRef, argument: str = "--model") -> str:
-    """What a checkpoint's pipeline is for, as the library's tables say: prior, inpaint, controlnet or
-    image (text-to-image and image-to-image: one decoder does both)."""
+    """What a checkpoint's pipeline is for, as the library's tables (and the AutoPipelines) decide it.
+
+    Kandinsky 2.1 / 2.2: prior, inpaint, controlnet or image (one decoder does text-to-image and
+    image-to-image). Stable Diffusion and SDXL: ``stable-diffusion`` (a 4-channel UNet: text-to-image,
+    image-to-image, the legacy inpainting path, ControlNet), ``inpaint`` (a 9-channel inpainting UNet) or,
+    for SDXL, ``refiner`` (no first text encoder, aesthetic score: image-to-image and inpainting).
+    Kandinsky 3: ``kandinsky3``. The upscalers: ``upscale``.
+    """
     from .. import auto
 
+    class_name = index["_class_name"]
+    if class_name in UPSCALERS:
+        return "upscale"
     try:
-        family, _, task = auto.describe(index["_class_name"])
+        family, _, task = auto.describe(class_name)
     except ValueError:
         family = task = None
     if family not in FAMILIES:
-        raise UsageError(f"{argument} {ref.spec!r} holds a {index['_class_name']}, a pipeline the command line "
-                         f"cannot run (it runs Kandinsky 2.1 and 2.2 checkpoints)")
-    return "image" if task in (auto.TEXT2IMAGE, auto.IMAGE2IMAGE) else task
+        raise UsageError(f"{argument} {ref.spec!r} holds a {class_name}, a pipeline the command line cannot run (it "
+                         f"runs Kandinsky 2.1, 2.2 and 3, Stable Diffusion 1.x / 2.x and SDXL checkpoints, and the "
+                         f"Stable Diffusion x2 and x4 upscalers)")
+    if family in ("kandinsky", "kandinsky22"):
+        return "image" if task in (auto.TEXT2IMAGE, auto.IMAGE2IMAGE) else task
+    if family == "kandinsky3":
+        return "kandinsky3"
+    if task == auto.CONTROLNET:
+        return "sd-controlnet"  # a saved Stable Diffusion ControlNet pipeline: it carries its ControlNetModel
+    unet = component_config(ref, "unet") or {}
+    vae = component_config(ref, "vae") or {}
+    latent = vae.get("latent_channels", 4)
+    if isinstance(unet.get("in_channels"), int) and unet["in_channels"] == 2 * latent + 1:
+        return "inpaint"  # the UNet also reads the mask and the masked picture: it only inpaints
+    if family == "stable-diffusion-xl" and (index.get("requires_aesthetics_score") is True
+                                           or list(index.get("text_encoder") or [None])[0] is None):
+        return "refiner"
+    return "stable-diffusion"
 
 
-# task -> the checkpoint kind it needs, and the command that suits each other kind
+# checkpoint kind -> the tasks it can do
+KIND_TASKS = {"image": ("text2image", "image2image", "interpolate"), "inpaint": ("inpaint",),
+              "controlnet": ("controlnet",), "prior": (),
+              "stable-diffusion": ("text2image", "image2image", "inpaint", "controlnet"),
+              "refiner": ("image2image", "inpaint"), "kandinsky3": ("text2image", "image2image"),
+              "upscale": ("upscale",), "sd-controlnet": ("controlnet",)}
+_COMMAND_FOR_TASK = {"text2image": "generate", "image2image": "img2img", "inpaint": "inpaint",
+                     "controlnet": "controlnet", "interpolate": "interpolate", "upscale": "upscale"}
+_KIND_NAME = {"image": "text-to-image", "inpaint": "inpainting", "controlnet": "ControlNet",
+              "stable-diffusion": "Stable Diffusion text-to-image", "refiner": "SDXL refiner",
+              "kandinsky3": "Kandinsky 3", "upscale": "upscaler", "sd-controlnet": "Stable Diffusion ControlNet"}
+# what each task needs, in the words of a Kandinsky 2 kind (the messages the command line has always given)
 _TASK_KIND = {"text2image": "image", "image2image": "image", "interpolate": "image", "inpaint": "inpaint",
               "controlnet": "controlnet"}
-_COMMAND_FOR_KIND = {"image": "`sfumato generate`, `img2img` or `interpolate`", "inpaint": "`sfumato inpaint`",
-                     "controlnet": "`sfumato controlnet`"}
-_KIND_NAME = {"image": "text-to-image", "inpaint": "inpainting", "controlnet": "ControlNet"}
+# why a kind cannot do a task, where that is not obvious
+_WHY_NOT = {("refiner", "text2image"): "a refiner only refines pictures (it has no first text encoder and reads an "
+                                       "aesthetic score)",
+            ("kandinsky3", "inpaint"): "Kandinsky 3 has no inpainting pipeline",
+            ("kandinsky3", "controlnet"): "Kandinsky 3 has no ControlNet pipeline",
+            ("refiner", "controlnet"): "the SDXL refiner has no ControlNet pipeline in sfumato",
+            ("stable-diffusion", "interpolate"): "interpolation mixes image embeddings, which only the two-stage "
+                                                 "Kandinsky 2.1 and 2.2 checkpoints have"}
 
 
 def check_task(ref: ModelRef, task: str, argument: str = "--model") -> dict[str, Any] | None:
@@ -216,15 +279,21 @@ def check_task(ref: ModelRef, task: str, argument: str = "--model") -> dict[str,
     if kind == "prior":
         raise UsageError(f"{argument} {ref.spec!r} is a prior ({index['_class_name']}); pass the decoder folder "
                          f"as --model (and this one as --prior)")
-    wanted = _TASK_KIND[task]
-    if kind != wanted:
+    if task in KIND_TASKS[kind]:
+        return index
+    commands = [f"`{'sfumato ' if i == 0 else ''}{_COMMAND_FOR_TASK[t]}`" for i, t in enumerate(KIND_TASKS[kind])]
+    use = ", ".join(commands[:-1]) + f" or {commands[-1]}" if len(commands) > 1 else commands[0]
+    if kind in ("image", "inpaint", "controlnet") and task in _TASK_KIND:
+        wanted = _TASK_KIND[task]
         raise UsageError(f"{argument} {ref.spec!r} is {_a(_KIND_NAME[kind])} checkpoint ({index['_class_name']}), "
-                         f"but {task} needs {_a(_KIND_NAME[wanted])} one; use it with {_COMMAND_FOR_KIND[kind]}")
-    return index
+                         f"but {task} needs {_a(_KIND_NAME[wanted])} one; use it with {use}")
+    why = _WHY_NOT.get((kind if kind != "inpaint" else "stable-diffusion", task))
+    raise UsageError(f"{argument} {ref.spec!r} is {_a(_KIND_NAME[kind])} checkpoint ({index['_class_name']}), which "
+                     f"cannot do {task}{f': {why}' if why else ''}; use it with {use}")
 
 
 def _a(noun: str) -> str:
-    return f"{'an' if noun[0].lower() in 'aeiou' else 'a'} {noun}"
+    return f"{'an' if noun[0].lower() in 'aeiou' or noun.startswith('SD') else 'a'} {noun}"
 
 
 def needs_prior(index: dict[str, Any] | None) -> bool:
@@ -279,20 +348,111 @@ def folder_defaults(ref: ModelRef) -> dict[str, Any]:
 @_remembered(lambda ref: ref)
 def size_multiple(ref: ModelRef) -> int | None:
     """What heights and widths must be multiples of, asked of the library from the MoVQ and UNet configs
-    (no weights are read); ``None`` when unknown (a hub id, a checkpoint without a MoVQ)."""
-    if ref.folder is None:
-        return None
-    try:
-        movq = json.loads((ref.folder / "movq" / "config.json").read_text(encoding="utf-8"))
-        unet = json.loads((ref.folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    from ..pipelines.sizes import movq_size_multiple
+    (Kandinsky) or the VAE's (Stable Diffusion, SDXL); no weights are read. ``None`` when unknown (a hub id).
 
+    For an upscaler this is the multiple of its input picture's sides (see :func:`upscaler`)."""
+    from ..pipelines import sizes
+
+    unet, movq, vae = (component_config(ref, name) for name in ("unet", "movq", "vae"))
     try:
-        return movq_size_multiple(movq, unet)
-    except (KeyError, TypeError):
+        if movq is not None and unet is not None:
+            return sizes.movq_size_multiple(movq, unet)
+        index = read_index(ref) if ref.folder is not None else None
+        if index is not None and index.get("_class_name") in UPSCALERS and vae is not None and unet is not None:
+            return sizes.upscaler_sizes(UPSCALERS[index["_class_name"]], vae, unet)[1]
+        if vae is not None:
+            return sizes.vae_size_multiple(vae)
+    except (KeyError, TypeError, ValueError, UsageError):
         return None
+    return None
+
+
+@_remembered(lambda ref: ref)
+def default_size(ref: ModelRef) -> tuple[int, int] | None:
+    """(width, height) a VAE-latent checkpoint (Stable Diffusion, SDXL) makes when none is given: its UNet's
+    sample size in pixels, as the pipelines decide it; ``None`` for others (their pipelines' signatures say)."""
+    from ..pipelines import sizes
+
+    unet, vae = component_config(ref, "unet"), component_config(ref, "vae")
+    if unet is None or vae is None or component_config(ref, "movq") is not None:
+        return None
+    try:
+        height, width = sizes.vae_default_size(vae, unet)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return width, height
+
+
+def upscaler(ref: ModelRef) -> tuple[str, int, int, int] | None:
+    """(kind "x2" / "x4", factor, input multiple, input minimum) of an upscaler folder; ``None`` for other
+    checkpoints."""
+    from ..pipelines import sizes
+
+    index = read_index(ref) if ref.folder is not None else None
+    if index is None or index.get("_class_name") not in UPSCALERS:
+        return None
+    kind = UPSCALERS[index["_class_name"]]
+    unet, vae = component_config(ref, "unet"), component_config(ref, "vae")
+    try:
+        factor, multiple, minimum = sizes.upscaler_sizes(kind, vae, unet)
+    except (KeyError, TypeError, ValueError):
+        factor, multiple, minimum = {"x2": 2, "x4": 4}[kind], 1, 1
+    return kind, factor, multiple, minimum
+
+
+#: The VAE config fields that decide its latent space: latents of one VAE mean the same to another only where
+#: these agree.
+LATENT_SPACE_FIELDS = ("latent_channels", "block_out_channels", "scaling_factor", "shift_factor", "latents_mean",
+                       "latents_std")
+
+
+def latent_space(ref: ModelRef) -> dict[str, Any] | None:
+    """The fields that say what a checkpoint's latents mean (its VAE's), or ``None``: no VAE (Kandinsky's MoVQ,
+    a hub id not downloaded), so latents cannot be handed to or from it."""
+    if component_config(ref, "movq") is not None:
+        return None
+    vae = component_config(ref, "vae")
+    if vae is None:
+        return None
+    space = {name: vae.get(name) for name in LATENT_SPACE_FIELDS}
+    if isinstance(space["block_out_channels"], list):  # only the number of levels (the scale) matters
+        space["block_out_channels"] = 2 ** (len(space["block_out_channels"]) - 1)
+    return space
+
+
+@dataclass(frozen=True)
+class ComponentRef(ModelRef):
+    """One model folder (``config.json`` and weights, no ``model_index.json``), e.g. a ``ControlNetModel``."""
+
+    class_name: str = ""
+
+
+def parse_component(value: Any, argument: str, class_names: tuple[str, ...]) -> ComponentRef:
+    """Resolve a single-model folder (e.g. --controlnet) whose config names one of ``class_names``."""
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{argument} must be a folder, got {value!r}")
+    path = Path(value).expanduser()
+    config_path = path / "config.json"
+    if not path.is_dir():
+        if _HUB_ID.fullmatch(value) and not value.startswith((".", "~")) and not path.exists():
+            return ComponentRef(spec=value, source=value, folder=None, class_name=class_names[0])
+        raise UsageError(f"{argument} {value!r}: no such folder (it must be a {' or '.join(class_names)} folder with "
+                         f"config.json)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = " (it is a pipeline folder; pass the model folder itself)" if (path / "model_index.json").is_file() \
+            else ""
+        raise UsageError(f"{argument} {value!r} is not a {' or '.join(class_names)} folder: it has no "
+                         f"config.json{hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{argument} {value!r}: cannot read {str(config_path)!r}: {error}") from None
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    if class_name not in class_names:
+        raise UsageError(f"{argument} {value!r} holds a {class_name or 'model with no _class_name'}, but it must be a "
+                         f"{' or '.join(class_names)} folder")
+    folder = path.resolve()
+    return ComponentRef(spec=str(folder), source=str(folder), folder=folder, class_name=class_name)
 
 
 @_remembered(lambda ref, subfolder: (ref, subfolder))
@@ -347,6 +507,7 @@ class Loader:
         self.quiet = quiet
         self._priors: dict[str, Any] = {}
         self._pipelines: dict[str, Any] = {}  # model spec -> the first pipeline loaded from it
+        self._components: dict[str, Any] = {}  # single models (a ControlNetModel, a depth estimator) by spec
         # spec -> the scheduler the checkpoint came with; never run itself, only copied (see reset_schedulers)
         self._schedulers: dict[str, Any] = {}
         self._bar = None
@@ -412,7 +573,17 @@ class Loader:
 
     def get(self, task: str, model: ModelRef, prior: ModelRef | None) -> Any:
         """The pipeline(s) for ``task``: a combined pipeline, or ``(prior, decoder)`` for
-        ``controlnet`` and ``interpolate``, which call the two stages themselves."""
+        ``controlnet`` and ``interpolate``, which call the two stages themselves.
+
+        For a Stable Diffusion ControlNet ``prior`` is the ``ControlNetModel`` (a :class:`ComponentRef`), and
+        the pipeline is the Stable Diffusion one with it; ``upscale`` loads the upscaler folder as it is."""
+        if task == "upscale":
+            return self._decoder_only(model)
+        if task == "controlnet" and isinstance(prior, ComponentRef):
+            return self._controlled(model, prior)
+        if task == "controlnet" and prior is None and model.folder is not None \
+                and checkpoint_kind(read_index(model), model) == "sd-controlnet":
+            return self.get("text2image", model, None)  # its own ControlNet: AutoPipelineForText2Image picks it
         if task == "controlnet":
             return self.prior(_required_prior(model, prior)), self._decoder_only(model)
         if task == "interpolate":
@@ -442,6 +613,32 @@ class Loader:
         if hasattr(pipe, "prior_scheduler"):
             self._schedulers.setdefault(_prior_key(model, prior), pipe.prior_scheduler)
         return pipe
+
+    def _controlled(self, model: ModelRef, controlnet: "ComponentRef") -> Any:
+        """The model's Stable Diffusion pipeline with the ControlNet ``controlnet`` (each loaded once)."""
+        key = f"{model.spec}#controlnet={controlnet.spec}"
+        if key not in self._pipelines:
+            import sfumato
+
+            from .. import auto
+
+            if controlnet.spec not in self._components:
+                self._loading(controlnet)
+                self._components[controlnet.spec] = getattr(sfumato, controlnet.class_name).from_pretrained(
+                    controlnet.source, torch_dtype=self.torch_dtype).to(self.device)
+                self._loaded()
+            base = self.get("text2image", model, None)
+            pipe = auto.AutoPipelineForText2Image.from_pipe(base, controlnet=self._components[controlnet.spec])
+            self._pipelines[key] = self._place(pipe)
+        return self._pipelines[key]
+
+    def depth_estimator(self, folder: str) -> Any:
+        """The transformers depth-estimation pipeline of a local DPT (or similar) folder, loaded once."""
+        if folder not in self._components:
+            from ..image import load_depth_estimator
+
+            self._components[folder] = load_depth_estimator(folder, device=self.device)
+        return self._components[folder]
 
     def _decoder_only(self, model: ModelRef) -> Any:
         if model.spec not in self._pipelines:

@@ -30,10 +30,19 @@ examples:
   sfumato inpaint circle.png mask.png "a white triangle on a blue background" -o triangle.png
   sfumato interpolate "a red circle on a blue background" yellow.png --weights 0.3 0.7 -o mix.png
   sfumato controlnet silhouette.png "a green circle on a white background" -o shaped.png
+  sfumato generate "a lighthouse at dusk" --model ./stable-diffusion-v1-5 --size 512x512 -o sd.png
+  sfumato img2img sd.png "a lighthouse, oil painting" --model ./sdxl-refiner -o refined.png
+  sfumato controlnet photo.png "a castle" --model ./sd15 --controlnet ./depth-cn --depth-model ./dpt -o c.png
+  sfumato upscale sd.png --model ./stable-diffusion-x4-upscaler --prompt "a lighthouse" -o big.png
   sfumato chain examples/chain.yaml -o chained.png
   sfumato info circle.png
   sfumato reproduce circle.png -o again.png
   sfumato batch examples/batch.jsonl --out pictures --workers 2
+
+--model takes Kandinsky 2.1 / 2.2 / 3, Stable Diffusion 1.x / 2.x and SDXL
+(base, refiner, inpainting) folders; `upscale` takes the Stable Diffusion x2
+latent and x4 upscalers. A chain file can hand latents from step to step
+(SDXL base -> refiner with denoising_end / denoising_start; output_type: latent).
 
 Every PNG sfumato writes stores its parameters (prompt, seed, steps, model, ...);
 `sfumato info` shows them and `sfumato reproduce` makes the same pixels again.
@@ -101,6 +110,10 @@ def _strength(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0, None, "a whole number of at least 0")
+
+
 def _size(text: str) -> tuple[int, int]:
     from .jobs import parse_size
 
@@ -129,29 +142,60 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
 
 def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--model", help="checkpoint: a local Kandinsky 2.1 or 2.2 folder, a model hub id, or "
-                                       "builtin[:NAME] (default: the built-in demo model, 64x64 pictures, which "
-                                       f"knows only {_vocabulary()})")
-    group.add_argument("--prior", help="prior checkpoint for a Kandinsky decoder (default: the one named in the "
-                                       "decoder folder's README.md)")
+    if task == "upscale":
+        group.add_argument("--model", required=True,
+                           help="upscaler checkpoint: a Stable Diffusion x4 upscaler folder "
+                                "(StableDiffusionUpscalePipeline: 4x the picture) or x2 latent upscaler folder "
+                                "(StableDiffusionLatentUpscalePipeline: 2x), or a model hub id")
+        group.add_argument("--prompt", metavar="TEXT", help="what the picture shows, to guide the upscaler "
+                                                            "(default: none)")
+    else:
+        group.add_argument("--model", help="checkpoint: a local Kandinsky 2.1 / 2.2 / 3, Stable Diffusion 1.x / 2.x "
+                                           "or SDXL (base, refiner, inpainting) folder, a model hub id, or "
+                                           "builtin[:NAME] (default: the built-in demo model, 64x64 pictures, which "
+                                           f"knows only {_vocabulary()})")
+        group.add_argument("--prior", help="prior checkpoint for a Kandinsky 2.1 / 2.2 decoder (default: the one "
+                                           "named in the decoder folder's README.md)")
     group.add_argument("--negative", metavar="TEXT", help="negative prompt: what the picture should not look like")
+    if task != "interpolate":
+        group.add_argument("--weighting", action=argparse.BooleanOptionalAction, default=None,
+                           help="read (word:1.3), (word) = x1.1 and [word] = /1.1 in the prompts as weights (\\( for a "
+                                "literal bracket), and encode CLIP prompts longer than 77 tokens in chunks instead of "
+                                "cutting them (default: on; --no-weighting reads the prompts as plain text)")
     group.add_argument("--steps", type=_positive_int,
                        help="denoising steps of the decoder, within what its scheduler can run (checked before "
                             "loading) (default: the model's)")
     group.add_argument("--guidance", type=_number, help="decoder guidance scale (default: the model's)")
-    group.add_argument("--prior-steps", type=_positive_int,
-                       help="denoising steps of the prior; the Kandinsky priors' UnCLIP scheduler needs at least 2 "
-                            "(default: the model's)")
-    group.add_argument("--prior-guidance", type=_number, help="prior guidance scale (default: the model's)")
+    if task != "upscale":
+        group.add_argument("--prior-steps", type=_positive_int,
+                           help="denoising steps of a Kandinsky 2.1 / 2.2 prior; their UnCLIP scheduler needs at "
+                                "least 2 (default: the model's)")
+        group.add_argument("--prior-guidance", type=_number,
+                           help="guidance scale of a Kandinsky 2.1 / 2.2 prior (default: the model's)")
+    if task == "upscale":
+        group.add_argument("--noise-level", type=_non_negative_int, metavar="N",
+                           help="x4 upscaler: noise added to the low-resolution picture, 0 to its max_noise_level "
+                                "(350 in the released model); more lets it invent more detail (default: 20)")
+    if task == "controlnet":
+        group.add_argument("--controlnet", metavar="FOLDER",
+                           help="Stable Diffusion: the ControlNetModel folder that reads HINT (e.g. a depth "
+                                "ControlNet); Kandinsky 2.2 ControlNet decoders have their own")
+        group.add_argument("--controlnet-scale", type=_number, metavar="S",
+                           help="Stable Diffusion: how strongly the ControlNet steers (controlnet_conditioning_scale, "
+                                "default: 1.0)")
+        group.add_argument("--depth-model", metavar="FOLDER",
+                           help="a local transformers depth-estimation model folder (e.g. DPT); HINT is then an "
+                                "ordinary picture, turned into a depth hint first")
     if task == "image2image":
         group.add_argument("--strength", type=_strength,
                            help="how much to change the picture, in (0, 1]: 1 ignores it, small values keep it "
                                 "(default: the model's)")
     group.add_argument("--seed", type=_seed, help="random seed (default: chosen at random and recorded in the PNG)")
-    group.add_argument("--size", type=_size, metavar="WxH",
-                       help="picture width x height in pixels, multiples of what the model needs (64 for the "
-                            "released Kandinsky 2.1 and 2.2; checked before loading) (default: the model's; for "
-                            "pictures given as input, their size)")
+    if task != "upscale":
+        group.add_argument("--size", type=_size, metavar="WxH",
+                           help="picture width x height in pixels, multiples of what the model needs (64 for the "
+                                "released Kandinsky 2.1 and 2.2, 8 for Stable Diffusion and SDXL; checked before "
+                                "loading) (default: the model's; for pictures given as input, their size)")
     group.add_argument("--num", type=_positive_int, default=1, help="how many pictures (default: 1)")
     group.add_argument("--scheduler", metavar="NAME",
                        help=f"swap the decoder's scheduler: {', '.join(SCHEDULERS)} (default: the checkpoint's)")
@@ -163,7 +207,8 @@ def build_parser() -> Parser:
     from .. import __version__
 
     vocabulary = "\n".join(textwrap.wrap(_vocabulary(), width=79))
-    parser = Parser(prog="sfumato", description="Kandinsky image generation from the command line.",
+    parser = Parser(prog="sfumato", description="Kandinsky, Stable Diffusion and SDXL image generation from the "
+                                                "command line.",
                     epilog=EPILOG.format(builtin_env=BUILTIN_ENV, vocabulary=vocabulary),
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
@@ -202,16 +247,29 @@ def build_parser() -> Parser:
     controlnet = commands.add_parser(
         "controlnet", help="text to image shaped by a hint picture",
         description="Make a picture whose layout follows HINT (e.g. a depth map or a silhouette). Uses the "
-                    "built-in ControlNet model unless --model names another.")
+                    "built-in ControlNet model unless --model names another: a Kandinsky 2.2 ControlNet decoder, or "
+                    "a Stable Diffusion folder with --controlnet naming a ControlNetModel folder. With "
+                    "--depth-model, HINT is an ordinary picture and its depth map steers.")
     controlnet.add_argument("hint", metavar="HINT", help="hint picture (depth map, silhouette, ...)")
     controlnet.add_argument("prompt", metavar="PROMPT", help="what to draw")
     _generation_options(controlnet, "controlnet")
 
+    upscale = commands.add_parser(
+        "upscale", help="make a picture larger with a Stable Diffusion upscaler",
+        description="Upscale IMAGE with a Stable Diffusion x4 upscaler (4x, --noise-level) or x2 latent upscaler "
+                    "(2x) folder, guided by --prompt. The output size follows from the picture's and is checked "
+                    "against the limits before anything loads.")
+    upscale.add_argument("image", metavar="IMAGE", help="the picture to upscale (file or URL)")
+    _generation_options(upscale, "upscale")
+
     chain = commands.add_parser(
         "chain", help="run a workflow file (YAML or JSON)",
         description="Run a list of steps from a YAML or JSON file; each step's picture becomes the next step's "
-                    "input (the image of image2image and inpaint, the hint of controlnet, or $previous anywhere). "
-                    "See examples/chain.yaml.", formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "input (the image of image2image, inpaint and upscale, the hint of controlnet, or $previous "
+                    "anywhere). A step can hand its latents instead of a picture: `output_type: latent` (e.g. "
+                    "Stable Diffusion image2image -> the x2 latent upscaler), or `denoising_end: 0.8` on an SDXL "
+                    "base step followed by `denoising_start: 0.8` on a refiner step. See examples/chain.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     chain.add_argument("file", metavar="FILE", help="workflow file (.yaml, .yml or .json)")
     chain.add_argument("--seed", type=_seed, help="seed of steps that set none (default: random, recorded)")
     chain.add_argument("--allow-outside-paths", action="store_true",

@@ -46,6 +46,9 @@ SPLITS: tuple[str, ...] = ("train", "eval")
 #: remains for positions to vary.
 MIN_SHAPE_FRACTION = 0.3
 MAX_SHAPE_FRACTION = 0.55
+#: Area of each shape as a fraction of its square bounding box (circle pi / 4,
+#: square 1, upright triangle filling its box 1 / 2).
+BOX_FILL: dict[str, float] = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
 #: Empty band kept between the shape and the image edge, as a fraction of the
 #: side, so the border pixels are pure background (the evaluator reads them).
 MARGIN_FRACTION = 1 / 16
@@ -288,6 +291,21 @@ def shape_coverage(
     return inside.mean(axis=(1, 3))
 
 
+def area_range(shape: str | None = None) -> tuple[float, float]:
+    """Smallest and largest area, as a fraction of the picture, that :func:`make_sample` draws.
+
+    For one ``shape``, or for any shape with ``None`` (the triangle's
+    smallest to the square's largest). Read from the size range above, so
+    the evaluator's size check follows the data if the range changes.
+    """
+    shapes = SHAPES if shape is None else (shape,)
+    for name in shapes:
+        _check_choice("shape", name, SHAPES)
+    low = min(BOX_FILL[name] for name in shapes) * MIN_SHAPE_FRACTION**2
+    high = max(BOX_FILL[name] for name in shapes) * MAX_SHAPE_FRACTION**2
+    return float(low), float(high)
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -312,6 +330,7 @@ __all__ = [
     "SPLITS",
     "Sample",
     "all_captions",
+    "area_range",
     "iterate_samples",
     "make_caption",
     "make_sample",

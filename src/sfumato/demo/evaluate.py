@@ -13,26 +13,47 @@ trust:
   centre, each blurred as much as fits best; the best overlap (soft
   intersection over union) wins.
 
+- shape present: a solid core (pixels at least half-way from the background
+  to the shape colour) and a presence-weighted area of at least
+  :data:`MIN_PRESENT_AREA` of the picture; a faint or tiny dot is "no shape",
+  and then neither its colour nor its class counts as right;
+- shape size: present, and its area (presence-weighted, so blur keeps it)
+  within the range the data generator draws for the shape read
+  (:func:`sfumato.demo.data.area_range`), give or take :data:`SIZE_TOLERANCE`.
+
 Each rule looks at many pixels at once, so blur, noise and compression from a
 small generative model do not change the answer. :func:`evaluate` scores a
-batch against captions and :func:`format_table` prints the result.
+batch against captions and :func:`format_table` prints the result;
+:func:`format_pair_table` breaks it down per (shape colour, background) pair.
+
+:func:`held_out_prompts` names prompts whose generation seeds the training
+never used, :func:`evaluate_model` generates and scores them with a
+text-to-image model (the built-in one by default), and
+``python -m sfumato.demo.evaluate`` prints both tables from the command line.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .data import COLOURS, PALETTE, SHAPES, parse_caption, shape_coverage
+from .data import (COLOURS, EVAL_EVERY, PALETTE, SHAPES, area_range, make_caption, parse_caption, shape_coverage,
+                   split_of)
 
-ATTRIBUTES: tuple[str, ...] = ("background", "colour", "shape")
-# Where each attribute sits in a parsed caption (colour, shape, background).
+#: What is scored: the three things a caption names, then whether a shape is
+#: there at all and whether it is there at a trained size.
+ATTRIBUTES: tuple[str, ...] = ("background", "colour", "shape", "present", "size")
+# Where each named attribute sits in a parsed caption (colour, shape, background).
 _POSITION = {"colour": 0, "shape": 1, "background": 2}
-_LABELS = {"background": "background colour", "colour": "shape colour", "shape": "shape class"}
+_LABELS = {"background": "background colour", "colour": "shape colour", "shape": "shape class",
+           "present": "shape present", "size": "shape size in range"}
+_SHORT = {"background": "backgr", "colour": "colour", "shape": "class", "present": "present", "size": "size",
+          "all": "all"}
 
 _PALETTE_RGB = np.array([PALETTE[name] for name in COLOURS], dtype=np.float64)
 # A pixel this close to a palette colour is taken as that colour when voting
@@ -45,21 +66,53 @@ _CONFIDENT_DISTANCE = 100.0
 _BLUR_LEVELS = (0.0, 1.0, 2.0, 3.0, 4.0)
 # Fewer foreground pixels than this fraction of the image means "no shape".
 _MIN_FOREGROUND_FRACTION = 0.002
+#: A shape whose presence-weighted area is below this fraction of the picture
+#: is "not there": a faint or tiny dot. The smallest shape the data draws
+#: covers 0.045 (a triangle of side 0.3), so this is a quarter of that.
+MIN_PRESENT_AREA = 0.01
+#: Relative slack on the trained area range: a shape counts as the right size
+#: when its area lies in ``[low * (1 - t), high * (1 + t)]``. Model pictures
+#: have soft edges; 0.2 of the area is about 10% of the side.
+SIZE_TOLERANCE = 0.2
+#: First generation seed of the held-out prompts. Training draws its pictures
+#: from the first sample seeds of the train split (under 14 000) and its noise
+#: from generators seeded ``seed * 1_000_003 + stage * 10_007 + step`` (under
+#: 60 000 for seed 0); seeds from here on, in steps of ``EVAL_EVERY``, are in
+#: the eval split and in neither range.
+HELD_OUT_SEED_START = 100_000
 
 
 @dataclass(frozen=True)
 class Prediction:
     """What the evaluator read from one picture.
 
-    ``colour`` and ``shape`` are ``None`` when no shape was found.
-    ``shape_scores`` holds each shape's overlap (soft IoU, 0 to 1) with the
-    silhouette; the gap between the best two says how sure the call is.
+    ``colour`` and ``shape`` are ``None`` when no shape was found
+    (``present`` false). ``shape_scores`` holds each shape's overlap (soft
+    IoU, 0 to 1) with the silhouette; the gap between the best two says how
+    sure the call is. ``area`` is the shape's presence-weighted area as a
+    fraction of the picture (also for a shape too faint to count), ``fill``
+    the fraction of its solid core's bounding box it fills (circle ~0.79,
+    square ~1, triangle ~0.5).
     """
 
     background: str
     colour: str | None
     shape: str | None
     shape_scores: dict[str, float] = field(default_factory=dict)
+    present: bool = False
+    area: float = 0.0
+    fill: float = 0.0
+
+    @property
+    def size_ok(self) -> bool:
+        """Whether a shape is there at a size the data draws for its class (see :func:`in_trained_size_range`)."""
+        return self.present and in_trained_size_range(self.area, self.shape)
+
+
+def in_trained_size_range(area: float, shape: str | None = None) -> bool:
+    """Whether ``area`` (fraction of the picture) is within the data's range for ``shape``, with tolerance."""
+    low, high = area_range(shape)
+    return low * (1 - SIZE_TOLERANCE) <= area <= high * (1 + SIZE_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +134,10 @@ class EvaluationReport:
         """Whether each picture got ``attribute`` (one of :data:`ATTRIBUTES`) right."""
         if attribute not in ATTRIBUTES:
             raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTES)}; got {attribute!r}")
+        if attribute == "present":
+            return [prediction.present for prediction in self.predictions]
+        if attribute == "size":
+            return [prediction.size_ok for prediction in self.predictions]
         position = _POSITION[attribute]
         return [
             getattr(prediction, attribute) == wanted[position]
@@ -89,7 +146,7 @@ class EvaluationReport:
 
     @property
     def correct(self) -> dict[str, int]:
-        """Right answers per attribute, plus ``"all"`` for pictures right on all three."""
+        """Right answers per attribute, plus ``"all"`` for pictures right on all of them."""
         rows = {attribute: self.matches(attribute) for attribute in ATTRIBUTES}
         counts = {attribute: sum(hits) for attribute, hits in rows.items()}
         counts["all"] = sum(all(hits) for hits in zip(*rows.values()))
@@ -101,15 +158,31 @@ class EvaluationReport:
         return {name: (count / self.total if self.total else 0.0) for name, count in self.correct.items()}
 
     def accuracy_by_value(self, attribute: str) -> dict[str, tuple[int, int]]:
-        """``{asked value: (right, asked)}`` for one attribute, e.g. per shape."""
+        """``{asked value: (right, asked)}`` for one attribute, e.g. per shape.
+
+        ``present`` and ``size`` are grouped by the asked shape colour.
+        """
         hits = self.matches(attribute)
-        position = _POSITION[attribute]
+        position = _POSITION.get(attribute, 0)
         table: dict[str, tuple[int, int]] = {}
         for wanted, hit in zip(self.expected, hits):
             right, asked = table.get(wanted[position], (0, 0))
             table[wanted[position]] = (right + int(hit), asked + 1)
         order = SHAPES if attribute == "shape" else COLOURS
         return {value: table[value] for value in order if value in table}
+
+    def accuracy_by_pair(self) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+        """``{(shape colour, background): {attribute or "all": (right, asked)}}`` over the asked pairs."""
+        rows = {attribute: self.matches(attribute) for attribute in ATTRIBUTES}
+        rows["all"] = [all(hits) for hits in zip(*rows.values())] if self.predictions else []
+        table: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        for index, (colour, _, background) in enumerate(self.expected):
+            counts = table.setdefault((colour, background), {name: (0, 0) for name in rows})
+            for name, hits in rows.items():
+                right, asked = counts[name]
+                counts[name] = (right + int(hits[index]), asked + 1)
+        order = [(colour, background) for colour in COLOURS for background in COLOURS if colour != background]
+        return {pair: table[pair] for pair in order if pair in table}
 
 
 def predict(image: Any) -> Prediction:
@@ -146,10 +219,20 @@ def predict(image: Any) -> Prediction:
     presence = np.clip(((pixels - backdrop) @ direction) / (direction @ direction), 0.0, 1.0)
     # Keep only the main shape and its blurred rim; specks and stray blobs
     # elsewhere would pull the area and centre off.
-    main = _dilate(_largest_component(presence >= 0.5), max(2, round(min(height, width) / 16)))
+    core = _largest_component(presence >= 0.5)
+    main = _dilate(core, max(2, round(min(height, width) / 16)))
+    area = float((presence * main).sum()) / (height * width)
+    fill = 0.0
+    if core.any():
+        rows, cols = np.nonzero(core)
+        fill = float(core.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)))
+    if not core.any() or area < MIN_PRESENT_AREA:
+        # a faint or tiny dot: no shape to read a colour or class from
+        return Prediction(background=background, colour=None, shape=None, present=False, area=area, fill=fill)
     scores = _shape_scores(presence * main)
     shape = max(scores, key=scores.get) if scores else None
-    return Prediction(background=background, colour=colour, shape=shape, shape_scores=scores)
+    return Prediction(background=background, colour=colour, shape=shape, shape_scores=scores, present=True,
+                      area=area, fill=fill)
 
 
 def evaluate(images: Sequence[Any], captions: Sequence[str]) -> EvaluationReport:
@@ -180,7 +263,7 @@ def format_table(report: EvaluationReport, by_value: bool = False) -> str:
     """
     if not isinstance(report, EvaluationReport):
         raise ValueError(f"report must be an EvaluationReport from evaluate(), got {type(report).__name__}")
-    rows = [(_LABELS.get(name, "all three"), report.correct[name], report.total) for name in (*ATTRIBUTES, "all")]
+    rows = [(_LABELS.get(name, "all criteria"), report.correct[name], report.total) for name in (*ATTRIBUTES, "all")]
     if by_value:
         for attribute in ATTRIBUTES:
             for value, (right, asked) in report.accuracy_by_value(attribute).items():
@@ -192,6 +275,197 @@ def format_table(report: EvaluationReport, by_value: bool = False) -> str:
         accuracy = f"{100 * right / total:.1f}%" if total else "-"
         lines.append(f"{name:<{name_width}}  {right:>5}  {total:>5}  {accuracy:>8}")
     return "\n".join(lines)
+
+
+def format_pair_table(report: EvaluationReport) -> str:
+    """Accuracy per (shape colour, background) pair and criterion, with an overall line at the end.
+
+    Each cell is a percentage of the pair's pictures; the last column is
+    pictures right on every criterion. The ``worst pair`` line names the
+    lowest pair on that column.
+    """
+    if not isinstance(report, EvaluationReport):
+        raise ValueError(f"report must be an EvaluationReport from evaluate(), got {type(report).__name__}")
+    columns = (*ATTRIBUTES, "all")
+    header = f"{'colour on background':<20}  {'n':>4}  " + "  ".join(f"{_SHORT[name]:>7}" for name in columns)
+    lines = [header, "-" * len(header)]
+
+    def cells(counts: dict[str, tuple[int, int]]) -> str:
+        return "  ".join(f"{100 * right / asked:>6.1f}%" if asked else f"{'-':>7}"
+                         for right, asked in (counts[name] for name in columns))
+
+    pairs = report.accuracy_by_pair()
+    for (colour, background), counts in pairs.items():
+        lines.append(f"{colour + ' on ' + background:<20}  {counts['all'][1]:>4}  {cells(counts)}")
+    lines.append("-" * len(header))
+    overall = {name: (report.correct[name], report.total) for name in columns}
+    lines.append(f"{'overall':<20}  {report.total:>4}  {cells(overall)}")
+    if pairs:
+        worst = min(pairs, key=lambda pair: pairs[pair]["all"][0] / pairs[pair]["all"][1])
+        right, asked = pairs[worst]["all"]
+        lines.append(f"worst pair: {worst[0]} on {worst[1]} ({right}/{asked} right on all criteria)")
+    return "\n".join(lines)
+
+
+def held_out_prompts(count: int = 270, start_seed: int = HELD_OUT_SEED_START) -> list[tuple[str, int]]:
+    """``count`` ``(caption, generation seed)`` pairs the training never used, every colour pair evenly.
+
+    Every 30 consecutive prompts name each (shape colour, background) pair
+    once, and every 90 name each of the 90 captions once, so any count of 30
+    or more covers every pair and 270 gives each caption three seeds. Seeds
+    are ``start_seed + 10 * k``; ``start_seed`` must be an eval-split seed
+    (a multiple of ``EVAL_EVERY``), by default past the training's ranges
+    (:data:`HELD_OUT_SEED_START`).
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count must be a non-negative int, got {count!r}")
+    if isinstance(start_seed, bool) or not isinstance(start_seed, (int, np.integer)) or start_seed < 0 \
+            or split_of(start_seed) != "eval":
+        raise ValueError(f"start_seed must be a non-negative multiple of {EVAL_EVERY} (an eval-split seed), "
+                         f"got {start_seed!r}")
+    pairs = [(colour, background) for colour in COLOURS for background in COLOURS if colour != background]
+    prompts = []
+    for index in range(int(count)):
+        within = index % (len(pairs) * len(SHAPES))
+        pair = within % len(pairs)
+        shape = SHAPES[(within // len(pairs) + pair) % len(SHAPES)]
+        colour, background = pairs[pair]
+        prompts.append((make_caption(colour, shape, background), int(start_seed) + EVAL_EVERY * index))
+    return prompts
+
+
+def generate(pipe: Any, prompts: Sequence[tuple[str, int]], settings: dict[str, Any] | None = None,
+             batch: int = 10) -> list[Any]:
+    """One picture per ``(caption, seed)`` with a text-to-image pipeline, each from its own generator.
+
+    Pictures are made ``batch`` at a time; each depends only on its caption
+    and seed (the same as ``sfumato generate CAPTION --seed SEED``).
+    """
+    import torch
+
+    settings = dict(settings or {})
+    images: list[Any] = []
+    for start in range(0, len(prompts), batch):
+        part = prompts[start:start + batch]
+        generators = [torch.Generator().manual_seed(seed) for _, seed in part]
+        images += pipe([caption for caption, _ in part], generator=generators, **settings).images
+    return images
+
+
+def evaluate_model(model: Any = None, count: int = 270, start_seed: int = HELD_OUT_SEED_START,
+                   **overrides: Any) -> tuple[EvaluationReport, list[Any], dict[str, Any]]:
+    """Generate and score :func:`held_out_prompts` with a text-to-image model.
+
+    ``model`` is a folder (the built-in decoder by default) or a loaded
+    pipeline. Settings are the folder's ``sfumato_defaults.json`` with
+    ``overrides`` (e.g. ``prior_guidance_scale=8.0``; ``None`` values are
+    ignored) on top. Returns the report, the pictures and the settings used.
+    """
+    from . import builtin_model, generation_defaults
+
+    prompts = held_out_prompts(count, start_seed)  # checked before any model loads
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .. import AutoPipelineForText2Image
+
+        folder = model if model is not None else builtin_model("decoder")
+        pipe = AutoPipelineForText2Image.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        settings = generation_defaults(folder)
+    else:
+        pipe, settings = model, {}
+    settings = {**settings, **{key: value for key, value in overrides.items() if value is not None}}
+    images = generate(pipe, prompts, settings)
+    return evaluate(images, [caption for caption, _ in prompts]), images, settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sfumato.demo.evaluate``: score a text-to-image model (or the data) on held-out prompts."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sfumato.demo.evaluate",
+        description="Score the built-in model (or --model FOLDER) on held-out prompts with the rule-based "
+                    "evaluator; print accuracy per criterion and per (shape colour, background) pair.")
+    parser.add_argument("--model", default=None, help="text-to-image folder (default: the built-in model)")
+    parser.add_argument("--data", action="store_true",
+                        help="score the data generator's own held-out pictures instead of a model (a sanity check)")
+    parser.add_argument("--count", type=int, default=270, help="held-out prompts (default 270: 3 per caption)")
+    parser.add_argument("--start-seed", type=int, default=HELD_OUT_SEED_START,
+                        help=f"first generation seed, a multiple of {EVAL_EVERY} (default {HELD_OUT_SEED_START})")
+    parser.add_argument("--steps", type=int, default=None, help="decoder steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="decoder guidance scale (default: the model's)")
+    parser.add_argument("--prior-steps", type=int, default=None, help="prior steps (default: the model's)")
+    parser.add_argument("--prior-guidance", type=float, default=None, help="prior guidance scale (default: the model's)")
+    parser.add_argument("--grid", default=None, help="also save the first 90 pictures (one per caption) as a PNG grid")
+    parser.add_argument("--json", default=None, help="also write the scores and each picture's reading as JSON")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error(f"--count must be at least 1, got {args.count}")
+    started = time.perf_counter()
+    try:
+        if args.data:
+            from .data import make_sample
+
+            prompts = held_out_prompts(args.count, args.start_seed)
+            images = []
+            for caption, seed in prompts:
+                colour, shape, background = parse_caption(caption)
+                images.append(make_sample(seed, shape=shape, colour=colour, background=background).image)
+            report, settings, source = evaluate(images, [c for c, _ in prompts]), {}, "the data generator"
+        else:
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            report, images, settings = evaluate_model(
+                args.model, args.count, args.start_seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                prior_num_inference_steps=args.prior_steps, prior_guidance_scale=args.prior_guidance)
+            source = args.model or "the built-in model"
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    print(f"{source}: {report.total} held-out prompts (seeds {args.start_seed}, {args.start_seed + EVAL_EVERY}, ...), "
+          f"{seconds:.1f} s")
+    if settings:
+        print("settings: " + ", ".join(f"{key}={value}" for key, value in sorted(settings.items())))
+    low, high = area_range()
+    print(f"trained shape area: {low:.3f} to {high:.3f} of the picture (size check allows {SIZE_TOLERANCE:.0%} "
+          f"either side of each shape's own range); under {MIN_PRESENT_AREA} counts as no shape")
+    print()
+    print(format_table(report, by_value=True))
+    print()
+    print(format_pair_table(report))
+    if args.grid:
+        _save_grid(images[:90], args.grid)
+        print(f"wrote the first {min(90, len(images))} pictures to {args.grid}")
+    if args.json:
+        import json
+
+        entries = [
+            {"caption": caption, "seed": seed, "background": p.background, "colour": p.colour, "shape": p.shape,
+             "present": p.present, "area": round(p.area, 4), "fill": round(p.fill, 3), "size_ok": p.size_ok}
+            for (caption, seed), p in zip(held_out_prompts(args.count, args.start_seed), report.predictions)
+        ]
+        summary = {"settings": settings, "accuracy": report.accuracy,
+                   "pairs": {f"{c} on {b}": {k: v[0] / v[1] for k, v in counts.items()}
+                             for (c, b), counts in report.accuracy_by_pair().items()},
+                   "pictures": entries}
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=1)
+    return 0
+
+
+def _save_grid(images: Sequence[Any], path: str, columns: int = 10) -> None:
+    pictures = [Image.fromarray(_to_pixels(image).astype(np.uint8)) for image in images]
+    side = pictures[0].size
+    rows = (len(pictures) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * side[0], rows * side[1]), "grey")
+    for index, picture in enumerate(pictures):
+        grid.paste(picture, ((index % columns) * side[0], (index // columns) * side[1]))
+    grid.save(path)
 
 
 def _to_pixels(image: Any) -> np.ndarray:
@@ -296,4 +570,10 @@ def _blur_matrix(length: int, sigma: float) -> np.ndarray:
     return kernel / (sigma * np.sqrt(2 * np.pi))
 
 
-__all__ = ["ATTRIBUTES", "EvaluationReport", "Prediction", "evaluate", "format_table", "predict"]
+__all__ = ["ATTRIBUTES", "HELD_OUT_SEED_START", "MIN_PRESENT_AREA", "SIZE_TOLERANCE", "EvaluationReport", "Prediction",
+           "evaluate", "evaluate_model", "format_pair_table", "format_table", "generate", "held_out_prompts",
+           "in_trained_size_range", "main", "predict"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,12 @@ A combined pipeline holds the prior's components under ``prior_*`` names and
 the decoder's under their own, builds one pipeline of each over them, runs
 the prior to get image embeddings and passes them, with the pictures, to the
 decoder. Every decoder argument is checked before the prior runs.
+
+Beyond the reference, the prompt may come as the prior's text encoder outputs
+(``prior_prompt_embeds``, ``prior_text_encoder_hidden_states``, ``prior_text_mask``
+and their ``prior_negative_`` triple; for Kandinsky 2.1 also the decoder's
+``prompt_embeds`` / ``text_encoder_hidden_states`` and their ``negative_`` pair),
+as ``sfumato.prompts.weighted_embeddings`` makes them.
 """
 
 from __future__ import annotations
@@ -64,15 +70,28 @@ class PriorDecoderPipeline(DiffusionPipeline):
         """
         call = {k: v for k, v in call.items() if k not in ("self", "__class__")}
         prompt, n, generator = call["prompt"], call["num_images_per_prompt"], call.get("generator")
-        decoder_kwargs = {k: v for k, v in call.items() if k not in _PRIOR_KEYWORDS}
-        count = len(checks.prompts("prompt", prompt))
+        decoder_kwargs = {k: v for k, v in call.items() if k not in _PRIOR_KEYWORDS and k not in _PRIOR_TEXT}
+        # the prior's text encoder outputs, given instead of the prompt (prior_prompt_embeds, ...)
+        prior_text = {k[len(PRIOR):]: call[k] for k in _PRIOR_TEXT if call.get(k) is not None}
+        if prompt is None and "prompt_embeds" in prior_text:
+            count = len(checks.as_batch("prior_prompt_embeds", prior_text["prompt_embeds"], 2))
+        else:
+            count = len(checks.prompts("prompt", prompt))
         checks.positive_int("num_images_per_prompt", n)
         for name in _PICTURES:
             if name in decoder_kwargs:
                 decoder_kwargs[name] = per_embedding(name, decoder_kwargs[name], count, n)
         if self.decoder_takes_prompt:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            decoder_kwargs["prompt"] = [p for p in prompts for _ in range(n)]
+            if decoder_kwargs.get("prompt_embeds") is not None or prompt is None:
+                # the decoder's own text encoder outputs, one row per prompt: one per image embedding
+                for name in _DECODER_TEXT:
+                    value = decoder_kwargs.get(name)
+                    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == count:
+                        decoder_kwargs[name] = value.repeat_interleave(n, dim=0)
+                decoder_kwargs["prompt"] = None
+            else:
+                prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+                decoder_kwargs["prompt"] = [p for p in prompts for _ in range(n)]
         # every decoder argument is checked, on stand-in embeddings, before the prior runs
         stand_in = torch.zeros(count * n, self.prior_pipe.prior.config.embedding_dim)
         with self.decoder_pipe.checking_only():
@@ -82,7 +101,7 @@ class PriorDecoderPipeline(DiffusionPipeline):
                                            num_images_per_prompt=n, num_inference_steps=call["prior_num_inference_steps"],
                                            generator=generator, latents=call["latents"],
                                            guidance_scale=call["prior_guidance_scale"], output_type="pt",
-                                           return_dict=False, **callbacks)
+                                           return_dict=False, **callbacks, **prior_text)
         return self.decoder_pipe(image_embeds=embeds, negative_image_embeds=negative, **decoder_kwargs)
 
 
@@ -90,6 +109,12 @@ _PRIOR_CALLBACKS = ("prior_callback_on_step_end", "prior_callback_on_step_end_te
 _PRIOR_KEYWORDS = {"prompt", "negative_prompt", "num_images_per_prompt", "prior_guidance_scale",
                    "prior_num_inference_steps", "latents", *_PRIOR_CALLBACKS}
 _PICTURES = ("image", "mask_image")
+# beyond the reference: the prior's text encoder outputs (see ImageEmbeddingPrior.__call__), and the 2.1
+# decoder's (see KandinskyDecoder)
+_PRIOR_TEXT = ("prior_prompt_embeds", "prior_text_encoder_hidden_states", "prior_text_mask",
+               "prior_negative_prompt_embeds", "prior_negative_text_encoder_hidden_states", "prior_negative_text_mask")
+_DECODER_TEXT = ("prompt_embeds", "text_encoder_hidden_states", "negative_prompt_embeds",
+                 "negative_text_encoder_hidden_states")
 
 
 def per_embedding(name: str, pictures: Any, prompts: int, num_images_per_prompt: int) -> Any:

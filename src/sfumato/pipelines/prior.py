@@ -5,6 +5,10 @@ prompt's CLIP text embedding, or (emb2emb) starts from a picture's embedding
 noised to ``strength``; ``interpolate`` mixes prompts and pictures by weighted
 sums of embeddings. The families' public prior classes state only their
 ``__call__``.
+
+Beyond the reference, ``__call__`` takes the text encoder's outputs instead of
+the prompt (``prompt_embeds``, ``text_encoder_hidden_states``, ``text_mask`` and
+their ``negative_`` triple), e.g. weighted by ``sfumato.prompts.weighted_embeddings``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,75 @@ class KandinskyPriorPipelineOutput(BaseOutput):
     negative_image_embeds: torch.Tensor | np.ndarray
 
 
+TEXT_EMBEDDING_KEYWORDS = ("prompt_embeds", "text_encoder_hidden_states", "text_mask", "negative_prompt_embeds",
+                           "negative_text_encoder_hidden_states", "negative_text_mask")
+
+
+class EncodedPrompts:
+    """Text encoder outputs standing in for a list of prompts: a row each of the pooled embedding, the token
+    states and the mask. Joins and repeats as a list does, so the prior treats both alike."""
+
+    def __init__(self, embeds: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
+        self.embeds, self.states, self.mask = embeds, states, mask
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def __add__(self, other: "EncodedPrompts") -> "EncodedPrompts":
+        return EncodedPrompts(*(torch.cat([a, b]) for a, b in zip(self.tensors, other.tensors)))
+
+    def __mul__(self, times: int) -> "EncodedPrompts":
+        return EncodedPrompts(*(torch.cat([t] * times) for t in self.tensors))
+
+    __rmul__ = __mul__
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.embeds, self.states, self.mask
+
+    def on(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (self.embeds.to(device=device, dtype=dtype), self.states.to(device=device, dtype=dtype),
+                self.mask.to(device=device).bool())
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], config) -> tuple["EncodedPrompts | None", "EncodedPrompts | None"]:
+        """The positive and negative triples of ``values`` (keywords of ``TEXT_EMBEDDING_KEYWORDS``), checked
+        against the prior's config; None for a triple not given."""
+        out = []
+        for prefix in ("", "negative_"):
+            names = [f"{prefix}prompt_embeds", f"{prefix}text_encoder_hidden_states", f"{prefix}text_mask"]
+            given = [values.get(name) for name in names]
+            if all(value is None for value in given):
+                out.append(None)
+                continue
+            missing = [name for name, value in zip(names, given) if value is None]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} missing: {', '.join(names)} come together (the text "
+                                 f"encoder's pooled embedding, token states and attention mask)")
+            embeds = checks.as_batch(names[0], given[0], 2)
+            states = checks.as_batch(names[1], given[1], 3)
+            mask = checks.as_batch(names[2], given[2], 2)
+            tokens = config.num_embeddings
+            width = config.get("embedding_proj_dim") or config.embedding_dim
+            if embeds.shape[1] != width:
+                raise ValueError(f"{names[0]} has width {embeds.shape[1]}, but this prior reads {width} (its "
+                                 f"embedding_proj_dim or embedding_dim)")
+            if states.shape[:2] != (embeds.shape[0], tokens):
+                raise ValueError(f"{names[1]} has shape {tuple(states.shape)}, but this prior needs "
+                                 f"({embeds.shape[0]}, {tokens}, width): one row per {names[0]} row and "
+                                 f"{tokens} tokens (its num_embeddings)")
+            if tuple(mask.shape) != tuple(states.shape[:2]):
+                raise ValueError(f"{names[2]} has shape {tuple(mask.shape)}, but {names[1]} needs "
+                                 f"{tuple(states.shape[:2])}")
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError(f"{names[2]} must hold only 0 (padding) and 1 (token to read)")
+            out.append(cls(embeds, states, mask))
+        if out[0] is not None and out[1] is not None and len(out[1]) not in (1, len(out[0])):
+            raise ValueError(f"negative_prompt_embeds has {len(out[1])} rows, but prompt_embeds has {len(out[0])}; "
+                             f"pass one or one per prompt")
+        return out[0], out[1]
+
+
 class ImageEmbeddingPrior(DiffusionPipeline):
     """Prompt -> CLIP image embeddings (``image_embeds``, ``negative_image_embeds``)."""
 
@@ -50,11 +123,14 @@ class ImageEmbeddingPrior(DiffusionPipeline):
     def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int, guided: bool,
                       negative_prompt: list[str] | None = None):
         """CLIP text embedding, hidden states and mask per image; unconditional rows first when guided."""
-        return encode_with_negatives(lambda texts: self._encode_texts(texts, device), prompt,
-                                     checks.negative_prompts(negative_prompt, len(prompt)), guided,
+        if not isinstance(negative_prompt, EncodedPrompts):
+            negative_prompt = checks.negative_prompts(negative_prompt, len(prompt))
+        return encode_with_negatives(lambda texts: self._encode_texts(texts, device), prompt, negative_prompt, guided,
                                      num_images_per_prompt)
 
-    def _encode_texts(self, texts: list[str], device):
+    def _encode_texts(self, texts, device):
+        if isinstance(texts, EncodedPrompts):
+            return texts.on(device, self.prior.dtype)
         ids, mask = tokenize(self.tokenizer, texts, self.tokenizer.model_max_length, device)
         output = self.text_encoder(ids)
         return output.text_embeds, output.last_hidden_state, mask.bool()
@@ -77,11 +153,29 @@ class ImageEmbeddingPrior(DiffusionPipeline):
 
     def check_inputs(self, *, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
                      guidance_scale, output_type, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None,
-                     latents=None, strength=None):
+                     latents=None, strength=None, text_embeddings=None):
         """Check every argument before a model runs; returns the prompts to encode (negatives appended when
-        given: they get their own embeddings), their negatives and the latents."""
-        prompt = checks.prompts("prompt", prompt)
-        negative_prompt = None if negative_prompt is None else checks.prompts("negative_prompt", negative_prompt)
+        given: they get their own embeddings), their negatives and the latents.
+
+        ``text_embeddings``: the ``__call__``'s precomputed text keywords (see ``EncodedPrompts.checked``);
+        given ones stand in for the prompts.
+        """
+        encoded, encoded_negative = EncodedPrompts.checked(text_embeddings or {}, self.prior.config)
+        if encoded is not None and prompt is not None:
+            raise ValueError("pass prompt or prompt_embeds (with text_encoder_hidden_states and text_mask), not both")
+        if encoded_negative is not None and negative_prompt is not None:
+            raise ValueError("pass negative_prompt or negative_prompt_embeds (with its hidden states and mask), "
+                             "not both")
+        if encoded_negative is not None and encoded is None:
+            raise ValueError("negative_prompt_embeds goes with prompt_embeds; with a prompt, pass negative_prompt")
+        prompt = encoded if encoded is not None else checks.prompts("prompt", prompt)
+        if encoded_negative is not None:
+            negative_prompt = encoded_negative
+        elif negative_prompt is not None:
+            if encoded is not None:
+                raise ValueError("negative_prompt as text with prompt_embeds: pass negative_prompt_embeds (with "
+                                 "negative_text_encoder_hidden_states and negative_text_mask) instead")
+            negative_prompt = checks.prompts("negative_prompt", negative_prompt)
         checks.positive_int("num_inference_steps", num_inference_steps)
         checks.steps_fit(num_inference_steps, self.scheduler)
         checks.positive_int("num_images_per_prompt", num_images_per_prompt)
@@ -109,13 +203,15 @@ class ImageEmbeddingPrior(DiffusionPipeline):
 
     def sample_embeds(self, *, prompt, negative_prompt, num_images_per_prompt, num_inference_steps, generator,
                       guidance_scale, output_type, return_dict, callback_on_step_end=None,
-                      callback_on_step_end_tensor_inputs=None, latents=None, start_embeds=None, strength=None):
+                      callback_on_step_end_tensor_inputs=None, latents=None, start_embeds=None, strength=None,
+                      text_embeddings=None):
         """Run the prior: from noise, or (``start_embeds``) from embeddings noised to ``strength``."""
         prompt, negative_prompt, latents = self.check_inputs(
             prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
             num_inference_steps=num_inference_steps, generator=generator, guidance_scale=guidance_scale,
             output_type=output_type, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, latents=latents, strength=strength)
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, latents=latents, strength=strength,
+            text_embeddings=text_embeddings)
         batch = len(prompt) * num_images_per_prompt
 
         device = self._execution_device
@@ -163,11 +259,21 @@ class ImageEmbeddingPrior(DiffusionPipeline):
         return KandinskyPriorPipelineOutput(image_embeds=image_embeds, negative_image_embeds=negative_embeds)
 
     @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, num_inference_steps: int = 25,
-                 generator=None, latents=None, guidance_scale: float = 4.0, output_type: str | None = "pt",
-                 return_dict: bool = True, callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
-        return self.sample_embeds(prompt=prompt, negative_prompt=negative_prompt,
+    def __call__(self, prompt=None, negative_prompt=None, num_images_per_prompt: int = 1,
+                 num_inference_steps: int = 25, generator=None, latents=None, guidance_scale: float = 4.0,
+                 output_type: str | None = "pt", return_dict: bool = True, callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], *, prompt_embeds=None,
+                 text_encoder_hidden_states=None, text_mask=None, negative_prompt_embeds=None,
+                 negative_text_encoder_hidden_states=None, negative_text_mask=None):
+        """Prompt (or its text encoder outputs: ``prompt_embeds`` (batch, embedding_dim), ``text_encoder_hidden_states``
+        (batch, tokens, width) and ``text_mask`` (batch, tokens), and their ``negative_`` triple) -> image embeddings.
+
+        As with ``negative_prompt``, ``negative_prompt_embeds`` get their own image embeddings (the
+        ``negative_image_embeds``); without them the unconditional text is "" and the negative image
+        embedding is the zero picture's.
+        """
+        text_embeddings = {name: value for name, value in locals().items() if name in TEXT_EMBEDDING_KEYWORDS}
+        return self.sample_embeds(text_embeddings=text_embeddings, prompt=prompt, negative_prompt=negative_prompt,
                                   num_images_per_prompt=num_images_per_prompt,
                                   num_inference_steps=num_inference_steps, generator=generator,
                                   guidance_scale=guidance_scale, output_type=output_type, return_dict=return_dict,

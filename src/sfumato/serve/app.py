@@ -217,7 +217,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     # no /docs page: FastAPI's would fetch its scripts from a CDN, and nothing here is fetched from elsewhere
     app = FastAPI(title="sfumato", version=__version__, lifespan=lifespan, docs_url=None,
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="Kandinsky image generation: a durable job queue, the AUTOMATIC1111 API and a web page.")
+                  description="Kandinsky, Stable Diffusion and SDXL image generation: a durable job queue, the "
+                              "AUTOMATIC1111 API and a web page.")
     app.state.server = server
     app.add_middleware(Guard, config=config)
 

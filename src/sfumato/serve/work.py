@@ -233,6 +233,10 @@ class Requests:
             name = jobs.ALIASES.get(key, key)
             if name in ("model", "prior"):
                 clean[key] = self._model(value, name, where)
+            elif name in ("controlnet", "depth_model") and value is not None:
+                # folders a client names never reach this server's file system
+                raise ApiError(422, f"{where}{name}: this server does not load {name.replace('_', ' ')} folders "
+                                    f"named by a client; use a Kandinsky 2.2 ControlNet model it offers", name)
             elif name in _PICTURE_FIELDS:
                 clean[key] = self._picture(value, f"{where}{name}", owner, record, chain, hashes.get(name))
             elif name == "items" and isinstance(value, list):
@@ -357,14 +361,17 @@ class Requests:
 
     def models(self) -> list[dict]:
         """What GET /api/models lists: each model, the workflows it runs and its defaults."""
-        from ..cli.models import check_task, folder_defaults
+        from ..cli.models import check_task, checkpoint_kind, folder_defaults
 
         listed = []
         for value in self.config.models:
             workflows = []
             for task in jobs.TASKS:
                 try:
-                    check_task(parse_model(value, task), task)
+                    ref = parse_model(value, task)
+                    index = check_task(ref, task)
+                    if task == "controlnet" and index is not None and checkpoint_kind(index, ref) == "stable-diffusion":
+                        continue  # a Stable Diffusion ControlNet needs a ControlNetModel folder, which clients cannot name
                     workflows.append(task)
                 except UsageError:
                     continue

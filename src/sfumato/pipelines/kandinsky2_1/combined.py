@@ -31,11 +31,16 @@ class KandinskyCombinedPipeline(KandinskyCombined):
 
     decoder_class = KandinskyPipeline
 
-    def __call__(self, prompt, negative_prompt=None, num_inference_steps: int = 100, guidance_scale: float = 4.0,
+    def __call__(self, prompt=None, negative_prompt=None, num_inference_steps: int = 100, guidance_scale: float = 4.0,
                  num_images_per_prompt: int = 1, height: int = 512, width: int = 512,
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", callback=None, callback_steps: int = 1,
-                 return_dict: bool = True):
+                 return_dict: bool = True, *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None,
+                 prompt_embeds=None, text_encoder_hidden_states=None, negative_prompt_embeds=None,
+                 negative_text_encoder_hidden_states=None):
         return self.prior_then_decoder(locals())
 
 
@@ -44,11 +49,16 @@ class KandinskyImg2ImgCombinedPipeline(KandinskyCombined):
 
     decoder_class = KandinskyImg2ImgPipeline
 
-    def __call__(self, prompt, image, negative_prompt=None, num_inference_steps: int = 100,
+    def __call__(self, prompt=None, image=None, negative_prompt=None, num_inference_steps: int = 100,
                  guidance_scale: float = 4.0, num_images_per_prompt: int = 1, strength: float = 0.3,
                  height: int = 512, width: int = 512, prior_guidance_scale: float = 4.0,
                  prior_num_inference_steps: int = 25, generator=None, latents=None, output_type: str | None = "pil",
-                 callback=None, callback_steps: int = 1, return_dict: bool = True):
+                 callback=None, callback_steps: int = 1, return_dict: bool = True, *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None,
+                 prompt_embeds=None, text_encoder_hidden_states=None, negative_prompt_embeds=None,
+                 negative_text_encoder_hidden_states=None):
         return self.prior_then_decoder(locals())
 
 
@@ -57,9 +67,14 @@ class KandinskyInpaintCombinedPipeline(KandinskyCombined):
 
     decoder_class = KandinskyInpaintPipeline
 
-    def __call__(self, prompt, image, mask_image, negative_prompt=None, num_inference_steps: int = 100,
+    def __call__(self, prompt=None, image=None, mask_image=None, negative_prompt=None, num_inference_steps: int = 100,
                  guidance_scale: float = 4.0, num_images_per_prompt: int = 1, height: int = 512, width: int = 512,
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", callback=None, callback_steps: int = 1,
-                 return_dict: bool = True):
+                 return_dict: bool = True, *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None,
+                 prompt_embeds=None, text_encoder_hidden_states=None, negative_prompt_embeds=None,
+                 negative_text_encoder_hidden_states=None):
         return self.prior_then_decoder(locals())

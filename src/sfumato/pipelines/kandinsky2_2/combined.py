@@ -24,13 +24,16 @@ class KandinskyV22CombinedPipeline(KandinskyV22Combined):
 
     decoder_class = KandinskyV22Pipeline
 
-    def __call__(self, prompt, negative_prompt=None, num_inference_steps: int = 100, guidance_scale: float = 4.0,
+    def __call__(self, prompt=None, negative_prompt=None, num_inference_steps: int = 100, guidance_scale: float = 4.0,
                  num_images_per_prompt: int = 1, height: int = 512, width: int = 512,
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", callback=None, callback_steps: int = 1,
                  return_dict: bool = True, prior_callback_on_step_end=None,
                  prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"], callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None):
         return self.prior_then_decoder(locals())
 
 
@@ -39,13 +42,16 @@ class KandinskyV22Img2ImgCombinedPipeline(KandinskyV22Combined):
 
     decoder_class = KandinskyV22Img2ImgPipeline
 
-    def __call__(self, prompt, image, negative_prompt=None, num_inference_steps: int = 100,
+    def __call__(self, prompt=None, image=None, negative_prompt=None, num_inference_steps: int = 100,
                  guidance_scale: float = 4.0, strength: float = 0.3, num_images_per_prompt: int = 1,
                  height: int = 512, width: int = 512, prior_guidance_scale: float = 4.0,
                  prior_num_inference_steps: int = 25, generator=None, latents=None, output_type: str | None = "pil",
                  callback=None, callback_steps: int = 1, return_dict: bool = True, prior_callback_on_step_end=None,
                  prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"], callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None):
         return self.prior_then_decoder(locals())
 
 
@@ -54,10 +60,13 @@ class KandinskyV22InpaintCombinedPipeline(KandinskyV22Combined):
 
     decoder_class = KandinskyV22InpaintPipeline
 
-    def __call__(self, prompt, image, mask_image, negative_prompt=None, num_inference_steps: int = 100,
+    def __call__(self, prompt=None, image=None, mask_image=None, negative_prompt=None, num_inference_steps: int = 100,
                  guidance_scale: float = 4.0, num_images_per_prompt: int = 1, height: int = 512, width: int = 512,
                  prior_guidance_scale: float = 4.0, prior_num_inference_steps: int = 25, generator=None,
                  latents=None, output_type: str | None = "pil", return_dict: bool = True,
                  prior_callback_on_step_end=None, prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ["latents"]):
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ["latents"], *,
+                 prior_prompt_embeds=None, prior_text_encoder_hidden_states=None, prior_text_mask=None,
+                 prior_negative_prompt_embeds=None, prior_negative_text_encoder_hidden_states=None,
+                 prior_negative_text_mask=None):
         return self.prior_then_decoder(locals())

@@ -3,9 +3,12 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const TASKS = ["text2image", "image2image", "inpaint", "controlnet", "interpolate"];
+const TASKS = ["text2image", "image2image", "inpaint", "controlnet", "interpolate", "upscale"];
 const FINAL = ["done", "failed", "cancelled"];
-const FIELDS = ["steps", "guidance", "prior_steps", "prior_guidance", "strength", "seed", "width", "height"];
+const FIELDS = ["steps", "guidance", "prior_steps", "prior_guidance", "strength", "seed", "width", "height",
+                "noise_level"];
+// what an upscale job leaves out: its size follows from its picture, and upscalers have no prior
+const NOT_FOR_UPSCALE = ["prior_steps", "prior_guidance", "width", "height"];
 const CHAIN_EXAMPLE = `# Each step's picture feeds the next: the image of image2image and inpaint,
 # the hint of controlnet ($previous anywhere). Same names as sfumato info prints.
 model: builtin
@@ -131,17 +134,19 @@ function payload() {
     return chain;
   }
   const job = { task: workflow, model: $("model").value || undefined };
-  if (workflow !== "interpolate") job.prompt = $("prompt").value;
+  if (workflow !== "interpolate" && !(workflow === "upscale" && !$("prompt").value.trim())) job.prompt = $("prompt").value;
   const negative = $("negative_prompt").value.trim();
   if (negative) job.negative_prompt = negative;
   for (const name of FIELDS) {
     if (name === "strength" && workflow !== "image2image") continue;
+    if (name === "noise_level" && workflow !== "upscale") continue;
+    if (workflow === "upscale" && NOT_FOR_UPSCALE.includes(name)) continue;
     const value = numberField(name);
     if (value !== undefined) job[name] = value;
   }
   if (num !== undefined) job.num = num;
   if ($("scheduler").value) job.scheduler = $("scheduler").value;
-  if (workflow === "image2image" || workflow === "inpaint") {
+  if (workflow === "image2image" || workflow === "inpaint" || workflow === "upscale") {
     if (!state.image) throw fieldError("image", "choose the picture to start from");
     job.image = picture(state.image);
   }
@@ -610,7 +615,7 @@ async function useAsInput() {
     renderItems();
   } else if (state.workflow === "reproduce") await setPreview("reproduce", source);
   else {
-    if (!["image2image", "inpaint"].includes(state.workflow)) showWorkflow("image2image");
+    if (!["image2image", "inpaint", "upscale"].includes(state.workflow)) showWorkflow("image2image");
     await setImage(source);
   }
   showMessage("Picture set as input.", "info");
@@ -680,6 +685,9 @@ async function start() {
   try {
     const models = await api("GET", "/api/models");
     state.models = models.models;
+    // the upscale tab only where the server offers an upscaler
+    document.querySelector("[data-workflow=upscale]").hidden =
+      !state.models.some((model) => model.workflows.includes("upscale"));
     for (const name of models.schedulers) {
       const option = document.createElement("option");
       option.value = option.textContent = name;
