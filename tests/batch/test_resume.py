@@ -53,8 +53,10 @@ def test_resume_after_a_worker_dies_and_ctrl_c(batch, tmp_path):
     os.kill(victim, signal.SIGKILL)  # e.g. the out-of-memory killer
     lines = wait_for_done(out, 5, process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
-    assert process.wait(timeout=60) == 130
-    assert "sfumato: interrupted" in process.stderr.read()
+    code = process.wait(timeout=60)
+    errors = process.stderr.read()
+    assert code == 130, errors[-3000:]
+    assert "sfumato: interrupted" in errors
     # the worker died while making a picture: reported as failed, and the run went on with a new worker
     died = [line for line in lines if line["status"] == "failed"]
     assert died and all("worker process died" in line["error"] for line in died)

@@ -137,6 +137,7 @@ FIELDS = {
     "image": (_STEP, [5, ["in.png"], True, ""], "image"),
     "mask": ({"task": "inpaint", "prompt": PROMPT}, [5, [], "bad\x00name.png"], "mask"),
     "keep_unmasked": ({"task": "inpaint", "prompt": PROMPT, "mask": "in.png"}, ["yes", 1], "keep_unmasked"),
+    "weighting": (_STEP, ["yes", 1, [True]], "weighting"),
     "hint": ({"task": "controlnet", "prompt": PROMPT}, [3.5, ["in.png"]], "hint"),
     "items": ({"task": "interpolate"}, ["abc", [], [5], [{"text": 5}], [{"image": 5}]], "items"),
     "weights": ({"task": "interpolate", "items": ["$previous", PROMPT]}, ["0.5", [True, 1], [0.5]], "weight"),

@@ -131,6 +131,7 @@ def _process_main(connection, device: str | None, threads: int) -> None:
     """A local worker process: tasks in, results out, until told to stop or the driver is gone."""
     # Ctrl-C reaches the whole process group; the driver handles it and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the driver while starting us
     # before torch loads: its thread pools start this size, so N workers do not ask for N x the cores
     # (Ray does the same for its actors)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -168,7 +169,14 @@ class ProcessPool:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(target=_process_main, args=(theirs, self.device, self.threads), daemon=True,
                                         name="sfumato-batch-worker")
-        process.start()
+        # a Ctrl-C while the new process starts up (before it ignores SIGINT) would kill it half-started and
+        # break the pipe the driver is writing its start-up data into: it starts with SIGINT blocked (the mask
+        # is inherited), and the driver takes a Ctrl-C that came meanwhile once it is started
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         theirs.close()
         return _Slot(process, ours)
 
