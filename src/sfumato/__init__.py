@@ -88,9 +88,11 @@ _export("pipelines.stable_diffusion_xl", "StableDiffusionXLPipeline", "StableDif
 _export("auto", "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting")
 # prompt weighting: (word:1.3), (word), [word] for every family with a text encoder
 _export("prompts", "weighted_embeddings", "parse_prompt", "PromptSyntaxError")
+# the fast CPU mode: sfumato.optimize(pipe) == pipe.enable_fast_cpu()
+_export("fast", "optimize")
 
 _SUBMODULES = {"checkpoint", "nn", "models", "schedulers", "image", "pipelines", "utils", "auto", "cli", "demo", "metadata",
-               "prompts"}
+               "prompts", "fast"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

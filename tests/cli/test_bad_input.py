@@ -143,6 +143,7 @@ FIELDS = {
     "weights": ({"task": "interpolate", "items": ["$previous", PROMPT]}, ["0.5", [True, 1], [0.5]], "weight"),
     "out": (_STEP, [5, ["a.png"], "", "x.jpg"], "out"),
     "dtype": (_STEP, ["fp16"], "dtype is set for the whole chain"),
+    "fast": (_STEP, [True, "yes"], "fast is set for the whole chain (--fast)"),
     "noise_level": ({"task": "upscale"}, ["5", -1, 1.5, True], "--noise-level"),
     "controlnet": ({"task": "controlnet", "prompt": PROMPT}, [5, ["x"], "", "bad\nname"], "--controlnet"),
     "controlnet_scale": ({"task": "controlnet", "prompt": PROMPT}, ["x", [1.0], float("nan")], "--controlnet-scale"),
@@ -163,7 +164,7 @@ def _field_case(field: str, value):
         bad = {**step, field: value}
         return ["chain", place.chain([{"task": "text2image", "prompt": PROMPT}, bad])]
 
-    whole = field not in ("dtype", "out", "items") and not (field == "weights" and isinstance(value, list)
+    whole = field not in ("dtype", "fast", "out", "items") and not (field == "weights" and isinstance(value, list)
                                                              and len(value) == 2)
     return make, ("chain step 2", label) + ((repr(value),) if whole and len(repr(value)) < 100 else ())
 

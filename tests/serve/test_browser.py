@@ -3,7 +3,9 @@
 It loads the page, runs a text-to-image job and then an inpainting job through the form (the mask painted
 with the mouse on the picture), sees their progress in the queue and their pictures in the gallery, and
 saves screenshots (into $SFUMATO_SCREENSHOTS when set, else the test's temporary folder; their paths are
-printed). Without Chromium the test is skipped, saying so; where it must run (CI sets
+printed). A second test runs a Stable Diffusion ControlNet job with a registered ControlNet and depth model
+(tiny random folders) and sees a malformed weighted prompt refused with its position marked. Without
+Chromium the tests are skipped, saying so; where it must run (CI sets
 SFUMATO_REQUIRE_BROWSER=1) a missing browser fails it instead.
 """
 
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ..image.test_depth import dpt_folder  # noqa: F401 - a tiny depth-estimation model folder (module fixture)
+from .test_controlnet import folders  # noqa: F401 - tiny Stable Diffusion and ControlNet folders (module fixture)
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # as the machine's own notes say: no first-run work and no background connections on a closed network
@@ -182,3 +187,67 @@ def test_text_to_image_then_inpainting_through_the_page(browser, live, shots):
     assert record["image"].endswith("/0.png") and set(record["input_sha256"]) == {"image", "mask"}
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, json.dumps(errors, indent=1)
+
+
+def test_stable_diffusion_controlnet_and_prompt_weighting_through_the_page(
+        browser, shots, folders, dpt_folder, tmp_path):  # noqa: F811
+    """A server with a tiny Stable Diffusion model and a registered ControlNet and depth model: the ControlNet
+    workflow offers them by name, a malformed prompt is refused with its position marked in the prompt box, and
+    the job runs with the registered folders in its record."""
+    import numpy as np
+    import PIL.Image
+
+    from sfumato.serve.config import ServeConfig
+
+    from .helpers import LiveServer, free_port
+
+    server = LiveServer(ServeConfig(port=free_port(), data=tmp_path / "data", models=[folders["sd"]],
+                                    controlnets={"depth": folders["controlnet"]},
+                                    depth_models={"dpt": str(dpt_folder)})).start()
+    try:
+        driver = browser
+        driver.get(server.url + "/")
+        _until(lambda: driver.find_elements("css selector", "#model option"), 30, "the model list")
+        assert driver.find_element("id", "weighting").is_selected()
+        assert "(word:1.3)" in driver.find_element("id", "syntax-hint").text
+        assert not driver.find_element("id", "controlnet-row").is_displayed()  # text to image: no ControlNet
+        driver.find_element("css selector", "[data-workflow=controlnet]").click()
+        _until(lambda: driver.find_element("id", "controlnet-row").is_displayed(), 10, "the ControlNet choice")
+        assert _texts(driver, "#controlnet option") == ["depth"]
+        assert _texts(driver, "#depth_model option")[1:] == ["dpt (dpt)"]
+        photo = tmp_path / "photo.png"
+        PIL.Image.fromarray(np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photo)
+        driver.find_element("id", "hint-file").send_keys(str(photo))
+        _until(lambda: driver.find_element("id", "hint-preview").is_displayed(), 10, "the hint preview")
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element("id", "depth_model")).select_by_value("dpt")
+        assert "depth map steers" in driver.find_element("id", "hint-label").text
+
+        # a malformed prompt: refused, the message names the position, the prompt box marks it
+        _type(driver, "prompt", "a (lighthouse on a cliff")
+        _type(driver, "steps", "2")
+        _type(driver, "seed", "9")
+        driver.find_element("id", "submit").click()
+        _until(lambda: "position 2" in driver.find_element("id", "message").text, 20, "the syntax error")
+        assert driver.execute_script("const p = document.getElementById('prompt'); "
+                                     "return [p.classList.contains('invalid'), p.selectionStart, p.selectionEnd]") \
+            == [True, 2, 3]
+        shots(driver, "serve-prompt-syntax-error")
+
+        _type(driver, "prompt", "a (lighthouse:1.3) on a cliff")
+        driver.find_element("id", "submit").click()
+        _until(lambda: _cards(driver), 240, "the ControlNet picture")
+        shots(driver, "serve-controlnet")
+        client_id = driver.execute_script("return localStorage.getItem('sfumato-client')")
+        jobs = httpx.get(f"{server.url}/api/jobs", headers={"X-Sfumato-Client": client_id}).json()["jobs"]
+        job = httpx.get(f"{server.url}{jobs[0]['url']}", headers={"X-Sfumato-Client": client_id}).json()
+        assert job["state"] == "done" and job["request"]["controlnet"] == "depth", job
+        record = job["images"][0]["record"]
+        assert record["controlnet"] == str(Path(folders["controlnet"]).resolve()) and record["weighting"] is True
+        assert record["depth_model"] == str(Path(dpt_folder).resolve())
+        assert record["prompt"] == "a (lighthouse:1.3) on a cliff"
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not [e for e in errors if "422" not in e["message"]], json.dumps(errors, indent=1)
+    finally:
+        server.stop()

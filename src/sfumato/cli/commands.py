@@ -132,6 +132,7 @@ def job_from_args(args: Any) -> Job:
         job.image = Source(path=args.image)
     if getattr(args, "weighting", None) is not None:
         job.weighting = args.weighting
+    job.fast = bool(getattr(args, "fast", False))
     if task == "inpaint":
         job.mask = Source(path=args.mask)
         job.keep_unmasked = args.keep_unmasked
@@ -153,7 +154,7 @@ def generate(args: Any) -> int:
     settle(job)
     for note in advice(job):
         _say(args.quiet, f"sfumato: warning: {note}")
-    loader = Loader(job.dtype, job.device, args.quiet)
+    loader = Loader(job.dtype, job.device, args.quiet, fast=job.fast)
     loader.preload(plan(job))
     for index, path in enumerate(paths):
         picture_job = with_seed(job, seed + index)
@@ -357,9 +358,10 @@ def build_chain(defaults: dict[str, Any], steps: list[Any], path: str, seed_offs
             raise UsageError(f"{where}: out {jobs_module.shown(out)} is outside the folder the chain runs in, "
                              f"{inside!r}; a chain file may only read and write files inside it (pass "
                              f"{jobs_module.ALLOW_OUTSIDE} if you trust this chain file)")
-        for key in ("dtype", "device"):
+        for key in ("dtype", "device", "fast"):
             if key in step:
-                raise UsageError(f"{where}: {key} is set for the whole chain (top level or --{key}), not per step")
+                where_set = "--fast" if key == "fast" else f"top level or --{key}"
+                raise UsageError(f"{where}: {key} is set for the whole chain ({where_set}), not per step")
         job = Job.from_mapping(step, where, defaults={k: v for k, v in _step_defaults(defaults, where).items()})
         job.dtype, job.device = dtype, device
         job.seed = job.seed + seed_offset if isinstance(job.seed, int) and not isinstance(job.seed, bool) else job.seed
@@ -414,6 +416,9 @@ def chain(args: Any) -> int:
                          f"{jobs_module.shown(device)}")
     inside = None if getattr(args, "allow_outside_paths", False) else os.getcwd()
     runs = [build_chain(defaults, steps, args.file, i, dtype, device, inside=inside) for i in range(args.num)]
+    for built in runs:
+        for job, _, _ in built:
+            job.fast = bool(args.fast)
     paths = output_paths(args.out, args.num, f"chain-{seed}")
     step_paths = {number: output_paths(out, args.num, "", f"chain step {number + 1}: out")
                   for number, (_, _, out) in enumerate(runs[0]) if out}
@@ -424,7 +429,7 @@ def chain(args: Any) -> int:
         for note in advice(job):
             _say(args.quiet, f"sfumato: warning: chain step {number}: {note}")
     device = runs[0][0][0].device
-    loader = Loader(dtype, device, args.quiet)
+    loader = Loader(dtype, device, args.quiet, fast=bool(args.fast))
     loader.preload([step for job, _, _ in runs[0] for step in plan(job)[-1:]])
     for index, built in enumerate(runs):
         for number, (job, source, _) in enumerate(built):
@@ -443,7 +448,7 @@ def chain(args: Any) -> int:
 _INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "weighting", "items", "weights", "image", "mask", "keep_unmasked",
                "hint", "depth_model", "strength", "noise_level", "denoising_start", "denoising_end", "output_type",
                "seed", "steps", "guidance", "controlnet_scale", "prior_steps", "prior_guidance", "width", "height",
-               "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "device", "cpu_threads",
+               "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "fast", "device", "cpu_threads",
                "index", "num", "sfumato", "input_sha256")
 
 
@@ -563,7 +568,7 @@ def reproduce(args: Any) -> int:
     out = args.out or str(source.with_name(f"{source.stem}-reproduced.png"))
     [path] = output_paths(out, 1, "")
     settle(job, where=f"{args.image}: ", override_device=args.device)
-    loader = Loader(job.dtype, job.device, args.quiet)
+    loader = Loader(job.dtype, job.device, args.quiet, fast=job.fast)
     # the recorded thread count too: on a CPU it can change the last bit of a pixel
     with cpu_threads(threads if job.device == "cpu" else None):
         loader.preload(plan(job))

@@ -155,6 +155,8 @@ class Job:
     keep_unmasked: bool | None = None
     # prompt weighting syntax, (word:1.3) / (word) / [word], and long CLIP prompts in chunks (None: on)
     weighting: bool | None = None
+    # the fast CPU mode (sfumato.optimize): what it does depends on the CPU, so it is recorded
+    fast: bool = False
     noise_level: int | None = None  # the x4 upscaler's noise added to the low-resolution picture
     controlnet: str | None = None  # Stable Diffusion: the ControlNetModel folder
     controlnet_scale: float | None = None  # controlnet_conditioning_scale
@@ -191,6 +193,8 @@ class Job:
             record["items"] = [{"text": item} if isinstance(item, str) else {"image": item.to_record()}
                                for item in self.items]
             record["weights"] = self.weights
+        if self.fast:
+            record["fast"] = True
         hashes = {name: source.sha256 for name, source in self._sources() if source.sha256}
         if hashes:
             record["input_sha256"] = hashes
@@ -415,6 +419,8 @@ def check_fields(job: Job, where: str) -> None:
             _check_name(value, f"{where}{_flag(name)}")
     if job.keep_unmasked is not None and not isinstance(job.keep_unmasked, bool):
         raise UsageError(f"{where}keep_unmasked must be true or false, got {shown(job.keep_unmasked)}")
+    if not isinstance(job.fast, bool):
+        raise UsageError(f"{where}fast must be true or false, got {shown(job.fast)}")
     if job.weighting is not None and not isinstance(job.weighting, bool):
         raise UsageError(f"{where}weighting must be true or false, got {shown(job.weighting)}")
     if job.weighting is not False:  # the weighting syntax, checked before anything loads
@@ -1169,10 +1175,10 @@ class Runner:
 
     def load(self, job: Job) -> models.Loader:
         """The loader for ``job``, with everything the job needs loaded (a no-op the second time)."""
-        key = (job.dtype, job.device)
+        key = (job.dtype, job.device, job.fast)
         loader = self._loaders.get(key)
         if loader is None:
-            loader = self._loaders[key] = models.Loader(job.dtype, job.device, self.quiet)
+            loader = self._loaders[key] = models.Loader(job.dtype, job.device, self.quiet, fast=job.fast)
         needed = [step for step in plan(job) if (key, step[0], step[1].spec, step[2] and step[2].spec)
                   not in self._loaded]
         if needed:

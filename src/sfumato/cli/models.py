@@ -501,10 +501,12 @@ class Loader:
     share one loaded prior.
     """
 
-    def __init__(self, dtype: str, device: str, quiet: bool):
+    def __init__(self, dtype: str, device: str, quiet: bool, fast: bool = False):
         self.dtype_name = dtype
         self.device = device
         self.quiet = quiet
+        self.fast = fast
+        self._warned = False
         self._priors: dict[str, Any] = {}
         self._pipelines: dict[str, Any] = {}  # model spec -> the first pipeline loaded from it
         self._components: dict[str, Any] = {}  # single models (a ControlNetModel, a depth estimator) by spec
@@ -522,6 +524,16 @@ class Loader:
         from tqdm.auto import tqdm
 
         from . import quiet_transformers
+
+        if not self._warned and self.device.startswith("cpu") and not self.quiet:
+            from ..fast import bf16_warning
+
+            self._warned = True
+            message = bf16_warning(self.dtype_name)
+            if message:
+                import sys
+
+                print(f"sfumato: warning: {message}", file=sys.stderr, flush=True)
 
         quiet_transformers()
         folders: list[str] = []
@@ -555,6 +567,8 @@ class Loader:
 
     def _place(self, pipe: Any) -> Any:
         pipe.to(self.device)
+        if self.fast and self.device.startswith("cpu") and hasattr(pipe, "enable_fast_cpu"):
+            pipe.enable_fast_cpu()  # what this CPU runs fastest (sfumato.fast.choose); a no-op elsewhere
         # jobs.run labels each picture's bars; until then they follow --quiet
         pipe.set_progress_bar_config(disable=self.quiet)
         return pipe

@@ -138,6 +138,11 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                        help="weights and computation precision (default: fp32)")
     group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    group.add_argument("--fast", action="store_true",
+                       help="the fast CPU mode, chosen for this CPU: bf16 only where it has native bf16 (AMX or "
+                            "AVX-512 BF16), else fp32; channels-last memory layout (sfumato.optimize). Pictures "
+                            "differ from the default mode's in the last bits (with bf16, slightly); recorded in "
+                            "the PNG so `reproduce` uses it too")
 
 
 def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
@@ -281,6 +286,7 @@ def build_parser() -> Parser:
     group = chain.add_argument_group("running")
     group.add_argument("--dtype", choices=list(DTYPES), help="precision of steps that set none (default: fp32)")
     group.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--fast", action="store_true", help="the fast CPU mode for every step (see `generate --help`)")
     _output_options(chain)
 
     info = commands.add_parser("info", help="show the parameters stored in a PNG",
@@ -372,6 +378,13 @@ def _add_serve(commands) -> None:
                        help="folder for the job database, uploads and result PNGs (default: "
                             "$XDG_DATA_HOME/sfumato/serve, i.e. ~/.local/share/sfumato/serve)")
     serve.add_argument("--device", help="torch device for every job (default: cuda if available, else cpu)")
+    serve.add_argument("--controlnet", action="append", metavar="NAME=FOLDER",
+                       help="a Stable Diffusion ControlNetModel folder jobs may use, by NAME (\"controlnet\": NAME); "
+                            "repeat for several; checked at start-up (clients never name folders themselves)")
+    serve.add_argument("--depth-model", action="append", metavar="NAME=FOLDER",
+                       help="a transformers depth-estimation model folder (e.g. DPT) ControlNet jobs may use, by "
+                            "NAME (\"depth_model\": NAME): the hint is then a photo, made into its depth map; "
+                            "repeat for several")
     limits = serve.add_argument_group("limits (requests beyond them are refused with a message naming the field)")
     limits.add_argument("--max-steps", type=_positive_int, default=200, metavar="N",
                         help="steps and prior steps of one picture (default: 200)")

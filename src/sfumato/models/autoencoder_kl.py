@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import ModelMixin, register_to_config
+from ..nn.layout import follow_input_layout
 from ..outputs import BaseOutput
 from ..random import randn_tensor
 from .autoencoder_parts import Decoder, DecoderOutput, Encoder, LegacyAttentionKeys, check_config
@@ -116,6 +117,8 @@ class AutoencoderKL(LegacyAttentionKeys, ModelMixin):
                                norm_num_groups, act_fn, "group", mid_block_add_attention)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        # channels-last after the mid-block attention: weights follow, instead of a copy per call
+        follow_input_layout(self)
 
         self.use_slicing = False
         self.use_tiling = False

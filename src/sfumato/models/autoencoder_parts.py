@@ -156,8 +156,12 @@ class SpatialSelfAttention(nn.Module):
         attended = self.to_out[0](attended)
         # The (batch, pixels, channels) result viewed as (batch, channels, h, w) is channels-last,
         # and as the first operand it makes the sum channels-last too: the reference's order,
-        # kept because later convs pick their kernels (and rounding) by memory layout.
-        return attended.transpose(1, 2).reshape(batch, channels, height, width) + hidden_states
+        # kept because later convs pick their kernels (and rounding) by memory layout. The view
+        # is taken by permuting, which gives the canonical channels-last strides even for a
+        # batch of one; a transpose-and-reshape view there has a batch stride of ``channels``,
+        # which group norm does not recognise as channels-last, so the rest of the decoder
+        # fell back to the contiguous layout (and oneDNN's slower NCHW convolutions).
+        return attended.view(batch, height, width, channels).permute(0, 3, 1, 2) + hidden_states
 
 
 # --------------------------------------------------------------------------- blocks

@@ -38,6 +38,7 @@ from ..checkpoint.config import register_to_config
 from ..checkpoint.modeling import ModelMixin
 from ..nn.activations import get_activation
 from ..nn.embeddings import ImageHintTimeEmbedding, TimestepEmbedding
+from ..nn.layout import follow_input_layout
 from ..outputs import BaseOutput
 from .unet_2d_blocks import get_mid_block, get_up_block
 from .unet_conditioning import UNetConditioningMixin, check_shape, mask_to_bias, per_block
@@ -211,6 +212,9 @@ class UNet2DConditionModel(UNetConditioningMixin, ModelMixin):
             self.conv_norm_out = self.conv_act = None
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
+        # most convs see channels-last activations (after the first attention, as in the reference):
+        # keep their weights in that layout rather than have oneDNN copy them on every call
+        follow_input_layout(self)
 
     # -- construction helpers ------------------------------------------------
 

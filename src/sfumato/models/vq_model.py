@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import ModelMixin, register_to_config
+from ..nn.layout import follow_input_layout
 from ..outputs import BaseOutput
 from .autoencoder_parts import (
     NORM_TYPES,
@@ -116,6 +117,9 @@ class VQModel(LegacyAttentionKeys, ModelMixin):
         self.decoder = Decoder(latent_channels, out_channels, tuple(up_block_types), tuple(block_out_channels),
                                layers_per_block, norm_num_groups, act_fn, norm_type, mid_block_add_attention)
         self.use_slicing = False
+        # the decoder turns channels-last after its first attention: keep the conv weights in the
+        # layout of their inputs rather than have oneDNN copy them on every call
+        follow_input_layout(self)
 
     # ------------------------------------------------------------------ public API
 

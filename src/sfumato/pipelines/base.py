@@ -197,6 +197,15 @@ class DiffusionPipeline(ConfigMixin):
     def disable_attention_slicing(self) -> None:
         pass
 
+    def enable_fast_cpu(self, **kwargs: Any) -> "DiffusionPipeline":
+        """Fast CPU mode for this CPU (bf16 only with native bf16, channels_last, ...): ``sfumato.optimize(self)``.
+
+        Keywords go to ``sfumato.fast.optimize``; ``sfumato.fast.disable(pipe)`` restores the parity mode.
+        """
+        from ..fast import optimize
+
+        return optimize(self, **kwargs)
+
     def set_attn_processor(self, processor: Any) -> None:
         for _, module in self._modules():
             if hasattr(module, "set_attn_processor"):

@@ -1,6 +1,7 @@
 """``sfumato serve``: every workflow of the command line over HTTP, with a durable job queue and a web page.
 
     sfumato serve [--host 127.0.0.1] [--port 7860] [--model builtin] [--token TOKEN] [--data DIR]
+                  [--controlnet NAME=FOLDER ...] [--depth-model NAME=FOLDER ...]
 
 The API (``/api/``, described at ``/api/openapi.json``):
 
@@ -44,7 +45,7 @@ def default_data_folder() -> Path:
 def config_from_args(args: Any):
     """A :class:`ServeConfig` from the command line's options."""
     from .. import limits as library_limits
-    from .config import Limits, ServeConfig, tokens_from
+    from .config import Limits, ServeConfig, registrations, tokens_from
 
     limits = Limits(max_steps=args.max_steps, max_queued=args.max_queued)
     if args.max_side:
@@ -57,6 +58,8 @@ def config_from_args(args: Any):
         raise UsageError(f"--max-upload must be a size such as 20MiB, got {args.max_upload!r}") from None
     return ServeConfig(host=args.host, port=args.port, models=args.model or ["builtin"],
                        tokens=tokens_from(args.token), device=args.device, limits=limits,
+                       controlnets=registrations(getattr(args, "controlnet", None), "--controlnet"),
+                       depth_models=registrations(getattr(args, "depth_model", None), "--depth-model"),
                        data=Path(args.data).expanduser() if args.data else default_data_folder()).check()
 
 
@@ -75,7 +78,10 @@ def command(args: Any) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     access = f"token required ({len(config.tokens)} token{'s' * (len(config.tokens) > 1)})" if config.tokens \
         else "loopback only, no token"
-    print(f"sfumato serve: http://{host}:{config.port}/  (models: {', '.join(config.models)}; device: "
+    registered = "".join(f"; {label}: {', '.join(f'{name}={folder}' for name, folder in folders.items())}"
+                         for label, folders in (("controlnets", config.controlnets),
+                                                ("depth models", config.depth_models)) if folders)
+    print(f"sfumato serve: http://{host}:{config.port}/  (models: {', '.join(config.models)}{registered}; device: "
           f"{server.device}; {access}; data: {config.data})", flush=True)
     if any(server.recovered.values()):
         print(f"sfumato serve: recovered the queue after a stop: {server.recovered}", flush=True)

@@ -296,10 +296,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     # ------------------------------------------------------------------------ the rest of the API
 
-    @app.get("/api/models", tags=["server"], summary="The server's models, the workflows each runs, their defaults")
+    @app.get("/api/models", tags=["server"],
+             summary="The server's models (the workflows each runs, their defaults), its ControlNets and depth models")
     async def models():
         listed = await run_in_threadpool(server.requests.models)
-        return {"models": listed, "workflows": list(WORKFLOWS), "schedulers": list(SCHEDULERS)}
+        return {"models": listed, "workflows": list(WORKFLOWS), "schedulers": list(SCHEDULERS),
+                **server.requests.registered_listing()}
 
     @app.get("/api/server", tags=["server"], summary="Version, device, limits, whether a token is needed, the queue")
     async def about():

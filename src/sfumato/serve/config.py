@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,10 @@ class ServeConfig:
     data: Path = field(default_factory=lambda: Path("sfumato-data"))
     device: str | None = None  # None: cuda when there is one, else cpu
     limits: Limits = field(default_factory=Limits)
+    # folders the server's operator registers (--controlnet NAME=FOLDER, --depth-model NAME=FOLDER): name -> folder;
+    # clients name them, never a folder of their own
+    controlnets: dict[str, str] = field(default_factory=dict)
+    depth_models: dict[str, str] = field(default_factory=dict)
     start_worker: bool = True  # tests may hold the queue still
     max_attempts: int = 3  # a job the server died in this often is failed rather than run again
 
@@ -70,6 +76,8 @@ class ServeConfig:
                              f"the token")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be from 0 to 65535, got {self.port}")
+        self.controlnets = {name: check_controlnet(name, folder) for name, folder in self.controlnets.items()}
+        self.depth_models = {name: check_depth_model(name, folder) for name, folder in self.depth_models.items()}
         return self
 
 
@@ -88,3 +96,82 @@ def tokens_from(given: list[str] | None) -> list[str]:
     if given:
         return list(given)
     return [t.strip() for t in os.environ.get(TOKEN_ENV, "").split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------------------------------- registered folders
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def registrations(values: list[str] | None, option: str) -> dict[str, str]:
+    """``NAME=FOLDER`` values of a repeatable option -> {name: folder}, refusing malformed and repeated names."""
+    registered: dict[str, str] = {}
+    for value in values or []:
+        name, equals, folder = value.partition("=")
+        name, folder = name.strip(), folder.strip()
+        if not equals or not name or not folder:
+            raise UsageError(f"{option} must be NAME=FOLDER (the name clients use, the folder on this machine), "
+                             f"got {value!r}")
+        check_name(name, option)
+        if name in registered:
+            raise UsageError(f"{option} {name}=...: the name {name!r} is given twice")
+        registered[name] = folder
+    return registered
+
+
+def check_name(name: str, option: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UsageError(f"{option} {name!r}=FOLDER: NAME must be 1 to 64 letters, digits, '_', '.' or '-', "
+                         f"starting with a letter or digit")
+
+
+def _folder(name: str, folder: str, option: str, what: str) -> Path:
+    check_name(name, option)
+    if not isinstance(folder, (str, os.PathLike)) or "\x00" in str(folder):
+        raise UsageError(f"{option} {name}={folder!r}: FOLDER must be a folder of this machine")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"{option} {name}={str(folder)!r}: no such folder (it must be a local {what} folder; "
+                         f"nothing is downloaded)")
+    return path.resolve()
+
+
+def check_controlnet(name: str, folder: str) -> str:
+    """The resolved folder of ``--controlnet NAME=FOLDER``, once it is known to hold a ControlNetModel."""
+    from ..cli.models import parse_component
+
+    path = _folder(name, folder, "--controlnet", "ControlNetModel")
+    return parse_component(str(path), f"--controlnet {name}:", ("ControlNetModel",)).spec
+
+
+def check_depth_model(name: str, folder: str) -> str:
+    """The resolved folder of ``--depth-model NAME=FOLDER``, once it is known to hold a transformers
+    depth-estimation model (its config names one) with its image processor."""
+    option = "--depth-model"
+    path = _folder(name, folder, option, "transformers depth-estimation model")
+    where = f"{option} {name}={str(folder)!r}"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{where} is not a transformers model folder: it has no config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{where}: cannot read its config.json: {error}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: its config.json is not a JSON object")
+    architectures = config.get("architectures") or []
+    known: dict[str, str] = {}
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES as known
+    except ImportError:  # an older or newer transformers: the class name says it
+        pass
+    depth = (config.get("model_type") in known and not architectures) or any(
+        isinstance(name_, str) and (name_ in known.values() or name_.endswith("ForDepthEstimation"))
+        for name_ in architectures)
+    if not depth:
+        shown_ = ", ".join(map(str, architectures)) or config.get("model_type") or "a model of no known kind"
+        raise UsageError(f"{where} holds {shown_}, not a depth-estimation model (e.g. DPTForDepthEstimation, "
+                         f"DepthAnythingForDepthEstimation)")
+    if not (path / "preprocessor_config.json").is_file():
+        raise UsageError(f"{where} has no preprocessor_config.json: the depth-estimation pipeline needs the model's "
+                         f"image processor saved beside it")
+    return str(path)

@@ -21,7 +21,11 @@ class ApiError(Exception):
         self.status, self.message, self.field = status, message, field
 
     def body(self) -> dict:
-        return {"detail": self.message, "field": self.field}
+        body = {"detail": self.message, "field": self.field}
+        position = syntax_position(self.message)
+        if position is not None:  # a prompt's weighting syntax: where the mistake is (0-based)
+            body["position"] = position
+        return body
 
 
 # command-line wording -> job record field, longest first so that --prior-steps is not read as --prior
@@ -40,7 +44,7 @@ _FLAG_FIELD = dict(_FLAGS)
 _RECORD_FIELDS = {"task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance", "prior_steps",
                   "prior_guidance", "strength", "width", "height", "scheduler", "dtype", "device", "image", "mask",
                   "hint", "items", "weights", "keep_unmasked", "num", "noise_level", "controlnet", "controlnet_scale",
-                  "depth_model", "denoising_start", "denoising_end", "output_type"}
+                  "depth_model", "denoising_start", "denoising_end", "output_type", "weighting"}
 
 
 def field_of(message: str) -> str | None:
@@ -65,8 +69,19 @@ def field_of(message: str) -> str | None:
     return None
 
 
+_SYNTAX = re.compile(r"(?:^|: )(?:prompt|negative_prompt|items\[\d+\]): at position (\d+) \(0-based")
+
+
+def syntax_position(message: str) -> int | None:
+    """The 0-based position a prompt syntax error names (``prompt: at position 2 (0-based, ...``)."""
+    match = _SYNTAX.search(message)
+    return int(match.group(1)) if match else None
+
+
 def api_message(message: str) -> str:
     """A command-line message in the API's words: record field names instead of flags."""
+    message = message.replace("(or pass --no-weighting to read it as plain text)",
+                              "(or send weighting: false to read it as plain text)")
     return _FLAG_PATTERN.sub(lambda match: _FLAG_FIELD[match.group(0)], " ".join(message.split()))
 
 

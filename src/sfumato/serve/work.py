@@ -15,7 +15,12 @@ Pictures inside a request are data URLs, ``upload:DIGEST`` (``POST
 /api/uploads``) or ``result:JOB/N`` (a finished job's picture); a path is
 accepted only inside ``--data`` (the records of pictures this server made) or
 when an uploaded picture has the SHA-256 the record gives for it. Models are
-the server's (``--model``), named as ``GET /api/models`` lists them.
+the server's (``--model``), named as ``GET /api/models`` lists them; so are a
+Stable Diffusion ControlNet job's ``controlnet`` and any ControlNet job's
+``depth_model``: names the server's operator registered (``--controlnet
+NAME=FOLDER``, ``--depth-model NAME=FOLDER``), which become the folders before
+the command line's checks see the job, so that the pictures' records hold the
+folders as the command line writes them (``sfumato reproduce`` works on them).
 
 :func:`Requests.submission` checks a request completely at submission
 (``jobs.check`` and ``jobs.settle``: files, checkpoint folders, defaults,
@@ -79,6 +84,9 @@ class Requests:
         self.results = self.data / "results"
         self.names = model_names(config.models)
         self.default_model = config.models[0]
+        # registered folders (--controlnet / --depth-model NAME=FOLDER, resolved by config.check()): name -> folder
+        self.registered = {"controlnet": dict(config.controlnets), "depth_model": dict(config.depth_models)}
+        self._folder_names = {folder: name for folders in self.registered.values() for name, folder in folders.items()}
 
     # ------------------------------------------------------------------------ submission
 
@@ -93,7 +101,7 @@ class Requests:
                 return self._chain(payload, owner)
             return self._single(payload, owner)
         except UsageError as error:
-            raise from_usage(error) from None
+            raise self._explained(from_usage(error)) from None
         except library_limits.RequestTooLarge as error:
             raise ApiError(413, str(error), _size_field(str(error))) from None
 
@@ -130,7 +138,7 @@ class Requests:
             entries.append(dict(record=picture.to_record(), command=command,
                                 index=data.get("index", 0) if stored else index,
                                 count=data.get("num", 1) if stored else num, threads=_threads(threads)))
-        return Submission("job", _shown(clean), entries, _summary(job, "job", num), jobs.advice(job))
+        return Submission("job", self._named(_shown(clean)), entries, _summary(job, "job", num), jobs.advice(job))
 
     def _chain(self, payload: dict, owner: str) -> Submission:
         unknown = sorted(set(payload) - {"chain", "seed", "num", "dtype"})
@@ -188,7 +196,7 @@ class Requests:
                                 also=[path for path in also if path is not None]))
             first = first or final
         shown = {"chain": {**defaults, "steps": clean_steps}, "num": num, "dtype": dtype}
-        return Submission("chain", _shown(shown), entries, _summary(first, "chain", num, len(steps)),
+        return Submission("chain", self._named(_shown(shown)), entries, _summary(first, "chain", num, len(steps)),
                           warnings)
 
     def _reproduce(self, payload: dict, owner: str) -> Submission:
@@ -218,7 +226,7 @@ class Requests:
         entry = dict(record=job.to_record(), command=record.get("command", "reproduce"),
                      index=record.get("index", 0), count=record.get("num", 1),
                      threads=_threads(record.get("cpu_threads")))
-        return Submission("reproduce", {"reproduce": _shown(original or clean)}, [entry],
+        return Submission("reproduce", {"reproduce": self._named(_shown(original or clean))}, [entry],
                           _summary(job, "reproduce", 1), jobs.advice(job), original)
 
     # ------------------------------------------------------------------------ pieces of a request
@@ -234,9 +242,7 @@ class Requests:
             if name in ("model", "prior"):
                 clean[key] = self._model(value, name, where)
             elif name in ("controlnet", "depth_model") and value is not None:
-                # folders a client names never reach this server's file system
-                raise ApiError(422, f"{where}{name}: this server does not load {name.replace('_', ' ')} folders "
-                                    f"named by a client; use a Kandinsky 2.2 ControlNet model it offers", name)
+                clean[key] = self._registered_folder(value, name, where)
             elif name in _PICTURE_FIELDS:
                 clean[key] = self._picture(value, f"{where}{name}", owner, record, chain, hashes.get(name))
             elif name == "items" and isinstance(value, list):
@@ -252,6 +258,46 @@ class Requests:
             else:
                 clean[key] = value
         return clean
+
+    def _registered_folder(self, value: Any, name: str, where: str) -> str:
+        """The folder the server's operator registered under the name ``value`` (--controlnet / --depth-model
+        NAME=FOLDER). A record this server wrote holds the folder itself, which is taken as it is when it is one
+        of the registered folders; no other folder a client names reaches the file system."""
+        registered = self.registered[name]
+        what = "ControlNet" if name == "controlnet" else "depth model"
+        option = "--controlnet" if name == "controlnet" else "--depth-model"
+        if isinstance(value, str) and value in registered:
+            return registered[value]
+        if isinstance(value, str) and value in registered.values():
+            return value
+        if registered:
+            offered = f"this server has {', '.join(sorted(registered))} (GET /api/models lists them)"
+        else:
+            offered = f"this server has none (its operator registers them: sfumato serve {option} NAME=FOLDER)"
+        if not isinstance(value, str):
+            raise ApiError(422, f"{where}{name} must be the name of one of this server's {what}s, got "
+                                f"{type(value).__name__}; {offered}", name)
+        raise ApiError(422, f"{where}{name}: unknown {what} {value[:200]!r}: name one the server registered, not a "
+                            f"folder (folders named by a client are never opened); {offered}", name)
+
+    def _explained(self, error: ApiError) -> ApiError:
+        """A command-line message that asks for a folder, in the words of a server that offers names."""
+        needs = "needs controlnet FOLDER, a ControlNetModel folder (e.g. a depth ControlNet)"
+        if needs in error.message:
+            names = ", ".join(sorted(self.registered["controlnet"])) or \
+                "none: its operator registers them with sfumato serve --controlnet NAME=FOLDER"
+            error.message = error.message.replace(
+                needs, f"needs controlnet: the name of a ControlNet this server offers ({names})")
+        return error
+
+    def _named(self, shown: Any) -> Any:
+        """A request as shown back to its caller: registered folders by their names."""
+        if isinstance(shown, dict):
+            return {key: self._folder_names.get(value, value) if key in ("controlnet", "depth_model")
+                    and isinstance(value, str) else self._named(value) for key, value in shown.items()}
+        if isinstance(shown, list):
+            return [self._named(value) for value in shown]
+        return shown
 
     def _model(self, value: Any, name: str, where: str) -> Any:
         if value is None:  # the server's default, never a model it does not offer
@@ -360,18 +406,25 @@ class Requests:
     # ------------------------------------------------------------------------ models
 
     def models(self) -> list[dict]:
-        """What GET /api/models lists: each model, the workflows it runs and its defaults."""
-        from ..cli.models import check_task, checkpoint_kind, folder_defaults
+        """What GET /api/models lists: each model, the workflows it runs and its defaults (and, for a Stable
+        Diffusion model with registered ControlNets of its UNet, their names)."""
+        from ..cli.models import check_task, checkpoint_kind, component_config, folder_defaults
 
         listed = []
         for value in self.config.models:
-            workflows = []
+            workflows, controlnets = [], None
             for task in jobs.TASKS:
                 try:
                     ref = parse_model(value, task)
                     index = check_task(ref, task)
                     if task == "controlnet" and index is not None and checkpoint_kind(index, ref) == "stable-diffusion":
-                        continue  # a Stable Diffusion ControlNet needs a ControlNetModel folder, which clients cannot name
+                        # a Stable Diffusion ControlNet job needs a ControlNetModel of its UNet, which only the
+                        # server's operator registers
+                        unet = component_config(ref, "unet") or {}
+                        controlnets = [name for name, dim in self._controlnet_dims().items()
+                                       if dim is None or dim == unet.get("cross_attention_dim")]
+                        if not controlnets:
+                            continue
                     workflows.append(task)
                 except UsageError:
                     continue
@@ -382,12 +435,40 @@ class Requests:
                 defaults, spec = {}, value
             entry = {"name": value, "spec": spec, "default": value == self.default_model,
                      "workflows": workflows + ["chain", "reproduce"], "defaults": defaults}
+            if controlnets is not None:
+                entry["controlnets"] = sorted(controlnets)  # the names its controlnet jobs may give
             if value == BUILTIN or value.startswith(BUILTIN + ":"):
                 from ..demo import vocabulary_text
 
                 entry["note"] = f"the built-in demo model knows only {vocabulary_text()}"
             listed.append(entry)
         return listed
+
+    def _controlnet_dims(self) -> dict[str, int | None]:
+        """Each registered ControlNet's cross_attention_dim (the UNet it was made for)."""
+        dims = {}
+        for name, folder in self.registered["controlnet"].items():
+            try:
+                config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                config = {}
+            dim = config.get("cross_attention_dim") if isinstance(config, dict) else None
+            dims[name] = dim if isinstance(dim, int) else None
+        return dims
+
+    def registered_listing(self) -> dict[str, list[dict]]:
+        """The registered ControlNets and depth models, by name, as GET /api/models lists them."""
+        controlnets = [{"name": name, "cross_attention_dim": dim}
+                       for name, dim in sorted(self._controlnet_dims().items())]
+        depth_models = []
+        for name, folder in sorted(self.registered["depth_model"].items()):
+            try:
+                config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                config = {}
+            depth_models.append({"name": name, "model_type": config.get("model_type")
+                                 if isinstance(config, dict) else None})
+        return {"controlnets": controlnets, "depth_models": depth_models}
 
 
 def model_names(configured: list[str]) -> dict[str, str]:

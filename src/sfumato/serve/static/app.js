@@ -36,6 +36,7 @@ const withClient = (url) => url + (url.includes("?") ? "&" : "?") + "client=" + 
 const state = {
   workflow: "text2image",
   models: [],
+  depthModels: [],      // the server's registered depth models (GET /api/models)
   jobs: new Map(),      // id -> the server's view of the job
   following: new Map(), // id -> EventSource
   image: null,          // {src, ref | dataURL, width, height}
@@ -58,6 +59,7 @@ async function api(method, url, body) {
   if (!response.ok) {
     const error = new Error((data && data.detail) || `${response.status} ${response.statusText}`);
     error.field = data && data.field;
+    error.position = data && data.position; // a prompt's weighting syntax: where the mistake is
     throw error;
   }
   return data;
@@ -106,6 +108,36 @@ function applyModelDefaults() {
     if (defaults[name] !== undefined) $(name).placeholder = String(defaults[name]);
   }
   if (!$("strength").placeholder) $("strength").placeholder = "0.3";
+  showControlModels(model);
+}
+
+// A Stable Diffusion model's ControlNet jobs name one of the ControlNets the server offers (its operator
+// registers them); a depth model, where the server has one, makes the hint from an ordinary picture.
+function showControlModels(model) {
+  const controlnet = state.workflow === "controlnet";
+  const names = controlnet && model && Array.isArray(model.controlnets) ? model.controlnets : null;
+  const select = $("controlnet");
+  const current = select.value;
+  select.innerHTML = "";
+  for (const name of names || []) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    select.append(option);
+  }
+  if ((names || []).includes(current)) select.value = current;
+  $("controlnet-row").hidden = !names;
+  $("controlnet-scale-label").hidden = !names;
+  // Stable Diffusion has no prior
+  for (const name of ["prior_steps", "prior_guidance"]) {
+    $(name).closest("label").hidden = !!names || !$(name).closest("label").dataset.for.split(" ").includes(state.workflow);
+  }
+  $("depth-row").hidden = !controlnet || state.depthModels.length === 0;
+  showHintLabel();
+}
+
+function showHintLabel() {
+  const depth = !$("depth-row").hidden && $("depth_model").value;
+  $("hint-label").textContent = depth ? "Picture (its depth map steers)" : "Hint (depth map, silhouette…)";
 }
 
 function numberField(id) {
@@ -135,12 +167,14 @@ function payload() {
   }
   const job = { task: workflow, model: $("model").value || undefined };
   if (workflow !== "interpolate" && !(workflow === "upscale" && !$("prompt").value.trim())) job.prompt = $("prompt").value;
+  if (workflow !== "interpolate") job.weighting = $("weighting").checked;
   const negative = $("negative_prompt").value.trim();
   if (negative) job.negative_prompt = negative;
   for (const name of FIELDS) {
     if (name === "strength" && workflow !== "image2image") continue;
     if (name === "noise_level" && workflow !== "upscale") continue;
     if (workflow === "upscale" && NOT_FOR_UPSCALE.includes(name)) continue;
+    if ($(name).closest("label").hidden) continue; // e.g. prior settings for Stable Diffusion
     const value = numberField(name);
     if (value !== undefined) job[name] = value;
   }
@@ -157,6 +191,13 @@ function payload() {
   if (workflow === "controlnet") {
     if (!state.hint) throw fieldError("hint", "choose a hint picture");
     job.hint = picture(state.hint);
+    if (!$("controlnet-row").hidden) {
+      if (!$("controlnet").value) throw fieldError("controlnet", "this server offers no ControlNet for this model");
+      job.controlnet = $("controlnet").value;
+      const scale = numberField("controlnet_scale");
+      if (scale !== undefined) job.controlnet_scale = scale;
+    }
+    if (!$("depth-row").hidden && $("depth_model").value) job.depth_model = $("depth_model").value;
   }
   if (workflow === "interpolate") {
     job.items = state.items.map((item) => (item.kind === "text" ? item.text : { image: picture(item) }));
@@ -202,6 +243,9 @@ function showError(error) {
     if (element && element.offsetParent !== null) {
       element.classList.add("invalid");
       if (element.focus) element.focus({ preventScroll: false });
+      if (Number.isInteger(error.position) && element.setSelectionRange) {
+        element.setSelectionRange(error.position, error.position + 1); // the character the syntax error names
+      }
     }
   }
 }
@@ -556,8 +600,8 @@ function mergeImages(known, view) {
 
 // ------------------------------------------------------------------------------------------ details
 
-const INFO_ORDER = ["task", "command", "prompt", "negative_prompt", "items", "weights", "image", "mask", "keep_unmasked",
-  "hint", "strength", "seed", "steps", "guidance", "prior_steps", "prior_guidance", "width", "height", "scheduler",
+const INFO_ORDER = ["task", "command", "prompt", "negative_prompt", "weighting", "items", "weights", "image", "mask",
+  "keep_unmasked", "hint", "controlnet", "controlnet_scale", "depth_model", "strength", "seed", "steps", "guidance", "prior_steps", "prior_guidance", "width", "height", "scheduler",
   "scheduler_class", "model", "prior", "dtype", "device", "cpu_threads", "index", "num", "sfumato"];
 
 function showParams(list, record) {
@@ -570,7 +614,7 @@ function showParams(list, record) {
       if (key === "items") value = value.map((item) => item.text !== undefined ? item.text : "(picture)").join(" + ");
       else if (["image", "mask", "hint"].includes(key)) value = `made by an earlier ${value.task} step (seed ${value.seed})`;
       else value = JSON.stringify(value);
-    } else if (typeof value === "string" && ["image", "mask", "hint"].includes(key)) {
+    } else if (typeof value === "string" && ["image", "mask", "hint", "controlnet", "depth_model"].includes(key)) {
       value = value.split("/").pop();
     }
     const term = document.createElement("dt");
@@ -629,9 +673,18 @@ function reuseSettings() {
   $("negative_prompt").value = record.negative_prompt || "";
   for (const name of FIELDS) $(name).value = record[name] !== undefined && record[name] !== null ? record[name] : "";
   $("scheduler").value = record.scheduler || "";
+  $("weighting").checked = record.weighting !== false;
   const model = state.models.find((m) => m.name === record.model || m.spec === record.model ||
     (record.model || "").startsWith("builtin") && m.name === "builtin");
   if (model) $("model").value = model.name;
+  applyModelDefaults();
+  // the record holds the server's folders; the job's request names them as the page does
+  const request = (state.opened.job && state.opened.job.request) || {};
+  $("controlnet_scale").value = record.controlnet_scale ?? "";
+  if (typeof request.controlnet === "string") $("controlnet").value = request.controlnet;
+  $("depth_model").value = typeof request.depth_model === "string" &&
+    state.depthModels.some((d) => d.name === request.depth_model) ? request.depth_model : "";
+  showHintLabel();
   if (record.task === "interpolate" && Array.isArray(record.items)) {
     state.items = record.items.filter((item) => item.text !== undefined)
       .map((item, i) => ({ kind: "text", text: item.text, weight: (record.weights || [])[i] ?? 0.5 }));
@@ -665,6 +718,7 @@ async function start() {
   });
   $("job-form").addEventListener("input", (event) => event.target.classList.remove("invalid"));
   $("model").addEventListener("change", applyModelDefaults);
+  $("depth_model").addEventListener("change", showHintLabel);
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
   $("image-file").addEventListener("change", (event) => fromFile(event.target.files[0], setImage));
   $("hint-file").addEventListener("change", (event) => fromFile(event.target.files[0], (s) => setPreview("hint", s)));
@@ -685,6 +739,13 @@ async function start() {
   try {
     const models = await api("GET", "/api/models");
     state.models = models.models;
+    state.depthModels = models.depth_models || [];
+    for (const depth of state.depthModels) {
+      const option = document.createElement("option");
+      option.value = depth.name;
+      option.textContent = depth.model_type ? `${depth.name} (${depth.model_type})` : depth.name;
+      $("depth_model").append(option);
+    }
     // the upscale tab only where the server offers an upscaler
     document.querySelector("[data-workflow=upscale]").hidden =
       !state.models.some((model) => model.workflows.includes("upscale"));

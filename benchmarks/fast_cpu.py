@@ -1,0 +1,294 @@
+"""Fast CPU mode vs parity mode vs the reference, full-size Kandinsky 2.2 parts, side by side in one run.
+
+For the CPU it runs on, prints the CPU model, PyTorch's CPU capability, the
+fast mode's plan, then times, interleaved (best of ``--repeats``):
+
+* ``ref fp32``: the reference (diffusers) as it comes, fp32;
+* ``ref best``: the reference's fastest set-up on this CPU: bf16 + channels_last
+  (+ ``torch.compile`` with ``--compile``) where the CPU has native bf16, fp32 +
+  channels_last elsewhere (bf16 without hardware support is a trap: many times
+  slower), or ``ref fp32`` when that is faster;
+* ``sfumato parity``: sfumato's default mode (the reference's numbers);
+* ``sfumato fast``: ``sfumato.optimize(model)`` with the plan for this CPU;
+
+for the decoder UNet step (512 px, CFG batch 2), the MoVQ decode (512 px, one
+picture), the prior step (CFG batch 2), and with ``--768`` the UNet step at
+768 px. Weights are random (the configurations are the real ones), and every
+set-up runs the very same tensors. Ratios < 1 mean sfumato is faster. Each
+run's process CPU time is reported next to its wall time: on a machine shared
+with other work, wall times swing by tens of percent, CPU times much less
+(run with OMP_WAIT_POLICY=PASSIVE so that spinning threads don't count).
+
+    .venv/bin/python benchmarks/fast_cpu.py [--threads 2] [--repeats 2] [--parts unet,movq,prior] [--768]
+
+A full-size UNet step is ~20 s in fp32 on a 2-core Zen 3, so the defaults
+keep the run to ~10 minutes there. ``--txt2img`` adds an estimate of the
+default 512 px text-to-image (25 prior steps, 100 decoder steps, one decode)
+from the parts' times; it leaves out start-up and the text/image encoders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kandinsky22_speed import MOVQ_CONFIG, UNET_CONFIG, pair  # noqa: E402
+
+from sfumato import fast  # noqa: E402
+
+PRIOR_CONFIG = {
+    "num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,
+    "num_embeddings": 77, "additional_embeddings": 4, "dropout": 0.0,
+}
+# fp32 FMA flops per cycle per core, for the fraction-of-peak column (AVX2: 2 x 8-wide FMA)
+FLOPS_PER_CYCLE = {"AVX2": 32, "AVX512": 64}
+
+
+# --------------------------------------------------------------------------- the four set-ups
+
+
+class Setups:
+    """One reference model and one sfumato model; each set-up switches them into its mode."""
+
+    def __init__(self, reference, ours, plan: fast.Plan, compile_reference: bool):
+        self.reference, self.ours, self.plan = reference, ours, plan
+        self.native_bf16 = plan.dtype == torch.bfloat16
+        self.compile_reference = compile_reference
+        self._reference_mode = "fp32"
+        self._compiled_reference = None
+
+    def reference_mode(self, mode: str):
+        if mode != self._reference_mode:
+            if mode == "best":
+                if self.native_bf16:
+                    self.reference.to(torch.bfloat16)
+                self.reference.to(memory_format=torch.channels_last)
+            else:
+                self.reference.to(torch.float32).to(memory_format=torch.contiguous_format)
+            self._reference_mode = mode
+        if mode == "best" and self.compile_reference:
+            if self._compiled_reference is None:
+                self._compiled_reference = torch.compile(self.reference)
+            return self._compiled_reference
+        return self.reference
+
+    def ours_mode(self, mode: str):
+        if mode == "fast":
+            if fast.current_plan(self.ours) is None:
+                # the parity mode's conv weights follow their inputs' layouts: note them, to put
+                # back (untimed) when switching back, as a parity-only process would have them
+                self._parity_layout = {name: tensor.is_contiguous() for name, tensor in self.ours.named_parameters()}
+                fast.optimize(self.ours, self.plan)
+            return self.ours
+        if fast.current_plan(self.ours) is not None:
+            fast.disable(self.ours)
+            for name, tensor in self.ours.named_parameters():
+                if not getattr(self, "_parity_layout", {}).get(name, True):
+                    tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+        return self.ours
+
+    def reference_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self._reference_mode == "best" and self.native_bf16 else torch.float32
+
+
+def time_setups(name: str, setups: Setups, call, repeats: int, flop: float | None, peak: float) -> dict:
+    """``call(model, dtype)`` for each set-up, interleaved; returns best seconds per set-up."""
+    runs = {
+        "ref fp32": lambda: call(setups.reference_mode("fp32"), torch.float32),
+        "ref best": lambda: call(setups.reference_mode("best"), setups.reference_dtype()),
+        "sfumato parity": lambda: call(setups.ours_mode("parity"), torch.float32),
+        "sfumato fast": lambda: call(setups.ours_mode("fast"), torch.float32),
+    }
+    best = {key: float("inf") for key in runs}
+    best_cpu = {key: float("inf") for key in runs}
+    outputs = {}
+    with torch.inference_mode():
+        for repeat in range(repeats):
+            for key, run in runs.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                out = run()
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+                best[key] = min(best[key], elapsed)
+                best_cpu[key] = min(best_cpu[key], cpu)
+                if repeat == 0:
+                    outputs[key] = out.float()
+                print(f"    {name:<22} {key:<15} {elapsed:8.2f} s wall {cpu:8.2f} s cpu", flush=True)
+    setups.ours_mode("parity")
+    setups.reference_mode("fp32")
+    scale = outputs["ref fp32"].abs().max().item()
+    for key in ("sfumato parity", "sfumato fast", "ref best"):
+        diff = (outputs[key] - outputs["ref fp32"]).abs().max().item()
+        print(f"    {name}: {key} vs ref fp32 max abs diff {diff:.2e} (max |ref| {scale:.2e})")
+    ref_best = min(best["ref fp32"], best["ref best"])
+    row = dict(best, ref_best_effective=ref_best, cpu=best_cpu)
+    cpu_ref_best = min(best_cpu["ref fp32"], best_cpu["ref best"])
+    print(f"  {name:<22} process CPU seconds (robust to other load): ref fp32 {best_cpu['ref fp32']:.2f} | "
+          f"ref best {cpu_ref_best:.2f} | parity {best_cpu['sfumato parity']:.2f} | "
+          f"fast {best_cpu['sfumato fast']:.2f} || parity/ref fp32 "
+          f"{best_cpu['sfumato parity'] / best_cpu['ref fp32']:.3f}  fast/ref best "
+          f"{best_cpu['sfumato fast'] / cpu_ref_best:.3f}", flush=True)
+    peak_note = ""
+    if flop:
+        peak_note = f"  fast reaches {flop / best['sfumato fast'] / peak:.0%} of fp32 peak"
+    print(f"  {name:<22} ref fp32 {best['ref fp32']:7.2f} s | ref best {ref_best:7.2f} s | "
+          f"parity {best['sfumato parity']:7.2f} s | fast {best['sfumato fast']:7.2f} s || "
+          f"parity/ref fp32 {best['sfumato parity'] / best['ref fp32']:.3f}  "
+          f"fast/ref best {best['sfumato fast'] / ref_best:.3f}  "
+          f"fast/ref fp32 {best['sfumato fast'] / best['ref fp32']:.3f}{peak_note}", flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+def unet_flop(latent: int) -> float:
+    # ~1.7 TFLOP per CFG-batch-2 step at 64x64 latents, growing with the pixel count
+    return 1.7e12 * (latent / 64) ** 2
+
+
+def bench_unet(plan, args, size: int, peak: float) -> dict:
+    import diffusers
+
+    import sfumato
+
+    reference, ours = pair(diffusers.UNet2DConditionModel, sfumato.UNet2DConditionModel, UNET_CONFIG, torch.float32)
+    latent = size // 8
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, latent, latent, generator=generator)
+    embeds = torch.randn(2, 1280, generator=generator)
+    t = torch.tensor(500)
+
+    def call(model, dtype):
+        return model(sample.to(dtype), t, encoder_hidden_states=None,
+                     added_cond_kwargs={"image_embeds": embeds.to(dtype)}).sample
+
+    setups = Setups(reference, ours, plan, args.compile)
+    return time_setups(f"unet step {size}px b2", setups, call, args.repeats, unet_flop(latent), peak)
+
+
+def bench_movq(plan, args, peak: float) -> dict:
+    import diffusers
+
+    import sfumato
+
+    reference, ours = pair(diffusers.VQModel, sfumato.VQModel, MOVQ_CONFIG, torch.float32)
+    latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def call(model, dtype):
+        decode = model.decode if hasattr(model, "decode") else model._orig_mod.decode
+        return decode(latents.to(dtype), force_not_quantize=True).sample
+
+    setups = Setups(reference, ours, plan, compile_reference=False)
+    return time_setups("movq decode 512px b1", setups, call, args.repeats, None, peak)
+
+
+def bench_prior(plan, args, peak: float) -> dict:
+    import diffusers
+
+    import sfumato
+
+    reference, ours = pair(diffusers.PriorTransformer, sfumato.PriorTransformer, PRIOR_CONFIG, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 1280, generator=generator)
+    proj = torch.randn(2, 1280, generator=generator)
+    states = torch.randn(2, 77, 1280, generator=generator)
+    mask = torch.ones(2, 77, dtype=torch.bool)
+    t = torch.tensor(500)
+
+    def call(model, dtype):
+        return model(latents.to(dtype), timestep=t, proj_embedding=proj.to(dtype),
+                     encoder_hidden_states=states.to(dtype), attention_mask=mask).predicted_image_embedding
+
+    setups = Setups(reference, ours, plan, args.compile)
+    return time_setups("prior step b2", setups, call, max(args.repeats, 3), None, peak)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def cpu_ghz() -> float | None:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1000
+    except OSError:
+        pass
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--parts", default="prior,unet,movq")
+    parser.add_argument("--768", dest="size_768", action="store_true", help="also the UNet step at 768 px")
+    parser.add_argument("--txt2img", action="store_true", help="estimate the default 512 px text-to-image")
+    parser.add_argument("--compile", action="store_true", help="compile the reference's best set-up (slow start)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()  # its note on .to(dtype) after from_config is noise here
+
+    capability, flags = fast.cpu_capability(), fast.cpu_flags()
+    plan = fast.choose(capability, flags)
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    ghz = cpu_ghz()
+    peak = args.threads * FLOPS_PER_CYCLE.get(capability, 16) * (ghz or 2.5) * 1e9
+    print(f"CPU: {fast.cpu_model()} | PyTorch capability {capability} | flags {' '.join(shown)} | "
+          f"{args.threads} threads | torch {torch.__version__}")
+    print(f"fp32 peak estimate {peak / 1e9:.0f} GFLOP/s ({ghz or 2.5:.2f} GHz reported)")
+    print(f"fast plan: {plan.describe()}")
+    for reason in plan.reasons:
+        print(f"  - {reason}")
+    if not fast.has_native_bf16(capability, flags):
+        print("reference best = fp32 + channels_last (bf16 without native support is many times slower)")
+    else:
+        print("reference best = bf16 + channels_last" + (" + torch.compile" if args.compile else ""))
+
+    rows = {}
+    parts = args.parts.split(",")
+    if "prior" in parts:
+        rows["prior"] = bench_prior(plan, args, peak)
+    if "unet" in parts:
+        rows["unet"] = bench_unet(plan, args, 512, peak)
+    if args.size_768:
+        rows["unet768"] = bench_unet(plan, args, 768, peak)
+    if "movq" in parts:
+        rows["movq"] = bench_movq(plan, args, peak)
+
+    print()
+    print(f"{'part':<22}{'ref fp32':>10}{'ref best':>10}{'parity':>10}{'fast':>10}"
+          f"{'parity/ref':>12}{'fast/best':>11}{'fast/fp32':>11}")
+    for name, row in rows.items():
+        print(f"{name:<22}{row['ref fp32']:>10.2f}{row['ref_best_effective']:>10.2f}{row['sfumato parity']:>10.2f}"
+              f"{row['sfumato fast']:>10.2f}{row['sfumato parity'] / row['ref fp32']:>12.3f}"
+              f"{row['sfumato fast'] / row['ref_best_effective']:>11.3f}"
+              f"{row['sfumato fast'] / row['ref fp32']:>11.3f}")
+    print(f"{'same, process CPU s':<22}")
+    for name, row in rows.items():
+        cpu = row["cpu"]
+        cpu_best = min(cpu["ref fp32"], cpu["ref best"])
+        print(f"{name:<22}{cpu['ref fp32']:>10.2f}{cpu_best:>10.2f}{cpu['sfumato parity']:>10.2f}"
+              f"{cpu['sfumato fast']:>10.2f}{cpu['sfumato parity'] / cpu['ref fp32']:>12.3f}"
+              f"{cpu['sfumato fast'] / cpu_best:>11.3f}{cpu['sfumato fast'] / cpu['ref fp32']:>11.3f}")
+    if args.txt2img and {"prior", "unet", "movq"} <= rows.keys():
+        def whole(key):
+            return 25 * rows["prior"][key] + 100 * rows["unet"][key] + rows["movq"][key]
+
+        ref_fp32, ref_best = whole("ref fp32"), whole("ref_best_effective")
+        parity, quick = whole("sfumato parity"), whole("sfumato fast")
+        print(f"default 512 px text-to-image, estimated from the parts (no start-up, no encoders): "
+              f"ref fp32 {ref_fp32:.0f} s, ref best {ref_best:.0f} s, parity {parity:.0f} s, fast {quick:.0f} s; "
+              f"fast/ref fp32 {quick / ref_fp32:.3f}")
+
+
+if __name__ == "__main__":
+    main()

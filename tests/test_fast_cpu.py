@@ -1,0 +1,201 @@
+"""The fast CPU mode: its choice per CPU (by what the CPU reports), and its pictures against the parity mode."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import sfumato
+from sfumato import fast
+from sfumato.demo import builtin_model
+
+# what the two kinds of CPU in issue 12 report
+SAPPHIRE_RAPIDS_FLAGS = ("fpu sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile "
+                         "amx_int8").split()
+ZEN3_FLAGS = "fpu sse4_2 avx avx2 fma bmi2 sha_ni vaes vpclmulqdq".split()
+ZEN4_FLAGS = "fpu avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16".split()
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+def test_sapphire_rapids_gets_bf16_channels_last_and_compile():
+    plan = fast.choose("AVX512", SAPPHIRE_RAPIDS_FLAGS)
+    assert plan.dtype == torch.bfloat16
+    assert plan.channels_last and plan.sdpa and plan.compile
+
+
+def test_zen3_gets_fp32_channels_last_never_bf16():
+    plan = fast.choose("AVX2", ZEN3_FLAGS)
+    assert plan.dtype == torch.float32
+    assert plan.channels_last and plan.sdpa
+    assert not plan.compile
+
+
+def test_avx512_bf16_without_amx_gets_bf16_without_compile():
+    plan = fast.choose("AVX512", ZEN4_FLAGS)
+    assert plan.dtype == torch.bfloat16 and not plan.compile
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT", "AVX2"])
+def test_avx512_without_bf16_is_fp32(capability):
+    assert fast.choose(capability, ["avx512f", "avx512bw", "avx2"]).dtype == torch.float32
+
+
+def test_choice_reads_the_capability_not_the_timing(monkeypatch):
+    monkeypatch.setattr(fast, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset(ZEN3_FLAGS))
+    assert fast.plan_for_this_cpu() == fast.choose("AVX2", ZEN3_FLAGS)
+    monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS_FLAGS))
+    assert fast.plan_for_this_cpu().dtype == torch.bfloat16
+
+
+def test_bf16_warning_only_without_native_bf16():
+    assert "slow" in fast.bf16_warning("bf16", "AVX2", ZEN3_FLAGS)
+    assert fast.bf16_warning(torch.bfloat16, "AVX2", ZEN3_FLAGS) is not None
+    assert fast.bf16_warning("bf16", "AVX512", SAPPHIRE_RAPIDS_FLAGS) is None
+    assert fast.bf16_warning("fp32", "AVX2", ZEN3_FLAGS) is None
+    with pytest.warns(UserWarning, match="slow"):
+        assert fast.warn_if_slow_dtype("bfloat16", "AVX2", ZEN3_FLAGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fast.warn_if_slow_dtype("bf16", "AVX512", SAPPHIRE_RAPIDS_FLAGS)
+
+
+def test_this_cpu_is_described():
+    assert isinstance(fast.cpu_capability(), str) and fast.cpu_model()
+    assert fast.plan_for_this_cpu().describe()
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = sfumato.AutoPipelineForText2Image.from_pretrained(builtin_model("decoder"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def picture(pipe, seed: int = 1) -> np.ndarray:
+    return pipe("a red circle on a blue background", height=64, width=64, num_inference_steps=12,
+                prior_num_inference_steps=12, prior_guidance_scale=4.0, guidance_scale=1.0,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images
+
+
+def weights(pipe) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": tensor.clone() for name, model in fast._fast_models(pipe)
+            for key, tensor in model.state_dict().items()}
+
+
+FP32_PLAN = fast.choose("AVX2", ZEN3_FLAGS)
+# the Sapphire Rapids plan without compilation (bf16 is emulated here, slow but fine for a tiny model)
+BF16_PLAN = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False)
+
+
+@pytest.mark.parametrize("plan", [FP32_PLAN, BF16_PLAN], ids=["fp32-channels_last", "bf16"])
+def test_fast_mode_pictures_close_to_parity_and_round_trip(pipe, plan):
+    before_weights = weights(pipe)
+    parity = picture(pipe)
+    assert fast.current_plan(pipe) is None
+
+    assert sfumato.optimize(pipe, plan) is pipe
+    assert fast.current_plan(pipe) == plan
+    # the models keep the fp32 interface: the scheduler's latents and the decoded image stay fp32
+    assert pipe.decoder_pipe.unet.dtype == torch.float32 and pipe.decoder_pipe.movq.dtype == torch.float32
+    assert next(pipe.decoder_pipe.unet.parameters()).dtype == plan.dtype
+    assert next(pipe.decoder_pipe.movq.parameters()).dtype == plan.dtype
+    # the prior's embedding steers the whole picture: it stays fp32 on every plan
+    assert next(pipe.prior_pipe.prior.parameters()).dtype == torch.float32
+    quick = picture(pipe)
+    assert quick.dtype == parity.dtype and quick.shape == parity.shape
+    assert psnr(parity, quick) >= 30.0
+
+    fast.disable(pipe)
+    assert fast.current_plan(pipe) is None
+    after = weights(pipe)
+    assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
+    assert all(p.is_contiguous() for _, m in fast._fast_models(pipe) for p in m.parameters())
+    np.testing.assert_array_equal(picture(pipe), parity)  # parity mode exactly as before
+
+
+def test_parity_mode_untouched_unless_enabled(pipe):
+    models = fast._fast_models(pipe)
+    assert {name.rsplit("_", 1)[-1] for name, _ in models} == {"unet", "movq", "prior"}
+    for _, model in models:
+        assert "forward" not in model.__dict__ and "decode" not in model.__dict__
+        assert not hasattr(model, "_sfumato_fast_undo")
+        assert type(model).__name__ == type(model).__mro__[0].__name__
+        assert not isinstance(model, fast._Fp32Interface)
+
+
+def test_enable_fast_cpu_delegates_and_is_idempotent(pipe):
+    try:
+        assert pipe.enable_fast_cpu() is pipe
+        plan = fast.current_plan(pipe)
+        assert plan == fast.plan_for_this_cpu()
+        pipe.enable_fast_cpu()  # a second call changes nothing
+        unet = pipe.decoder_pipe.unet
+        assert unet.forward.__wrapped__.__self__ is unet
+    finally:
+        fast.disable(pipe)
+    assert "forward" not in pipe.decoder_pipe.unet.__dict__
+
+
+def test_optimize_one_model_and_bad_input():
+    model = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8, norm_type="spatial")
+    latents = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        expected = model.decode(latents, force_not_quantize=True).sample
+        sfumato.optimize(model, FP32_PLAN)
+        got = model.decode(latents, force_not_quantize=True).sample
+    assert got.is_contiguous() and torch.allclose(got, expected, atol=1e-5)
+    fast.disable(model)
+    with pytest.raises(TypeError, match="optimize"):
+        sfumato.optimize(object(), FP32_PLAN)
+
+
+def test_model_in_another_dtype_keeps_it_and_timesteps_stay_exact(monkeypatch):
+    monkeypatch.setattr(fast, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset(ZEN3_FLAGS))
+    model = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8).to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="slow"):  # a bf16 model on a CPU without native bf16
+        sfumato.optimize(model, FP32_PLAN)
+    assert model.dtype == torch.bfloat16
+    out = model.decode(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), force_not_quantize=True).sample
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    fast.disable(model)
+    assert model.dtype == torch.bfloat16
+
+    seen = []
+    wrapped = fast._wrap(torch.nn.Identity(), lambda sample, t: seen.append((sample.dtype, t.dtype)) or sample,
+                         torch.bfloat16, channels_last=False)
+    out = wrapped(torch.randn(1, 4, 2, 2), torch.tensor(999.0))
+    assert seen == [(torch.bfloat16, torch.float32)] and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv_weights_follow_input_layout_without_changing_numbers(batch):
+    """The parity mode keeps conv weights in their input's layout (no per-call copy): same bits."""
+    torch.manual_seed(0)
+    model = sfumato.VQModel(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4,
+                            norm_num_groups=8, norm_type="spatial").eval()
+    latents = torch.randn(batch, 4, 8, 8)
+    with torch.inference_mode():
+        followed = model.decode(latents, force_not_quantize=True).sample
+        assert any(not m.weight.is_contiguous() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module._forward_pre_hooks.clear()
+                module.weight.data = module.weight.data.contiguous()
+        plain = model.decode(latents, force_not_quantize=True).sample
+    assert torch.equal(followed, plain)
