@@ -46,12 +46,15 @@ def test_resume_after_the_command_is_killed(batch, tmp_path):
 
 
 def test_resume_after_a_worker_dies_and_ctrl_c(batch, tmp_path):
-    jobs, out = _jobs(tmp_path, 12), tmp_path / "out"
+    # many more pictures than are made before the Ctrl-C: on a loaded machine the test may look late, and the run
+    # must still be going when it does
+    total = 24
+    jobs, out = _jobs(tmp_path, total), tmp_path / "out"
     process = start_batch(jobs, "--out", out, "--workers", 2, cwd=tmp_path)
     first = wait_for_done(out, 1, process)
     victim = int(first[0]["worker"].rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)  # e.g. the out-of-memory killer
-    lines = wait_for_done(out, 5, process)
+    lines = wait_for_done(out, 4, process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
     code = process.wait(timeout=60)
     errors = process.stderr.read()
@@ -62,7 +65,7 @@ def test_resume_after_a_worker_dies_and_ctrl_c(batch, tmp_path):
     assert died and all("worker process died" in line["error"] for line in died)
     # Ctrl-C: the manifest is rewritten, one line per picture, the unmade ones pending or failed
     rows = manifest(out)
-    assert len(rows) == 12 and {row["status"] for row in rows} <= {"done", "failed", "pending"}
+    assert len(rows) == total and {row["status"] for row in rows} <= {"done", "failed", "pending"}
     assert {"failed", "pending"} & {row["status"] for row in rows}
     workers = {int(row["worker"].rsplit(":", 1)[1]) for row in rows if row["worker"]}
     for pid in workers:  # no worker outlives the command
@@ -72,5 +75,5 @@ def test_resume_after_a_worker_dies_and_ctrl_c(batch, tmp_path):
             continue
         assert Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0, f"worker {pid} still runs"
     before = _files(out)
-    assert len(before) < 12
-    _resume(batch, jobs, out, before, 12)
+    assert len(before) < total
+    _resume(batch, jobs, out, before, total)

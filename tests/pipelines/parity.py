@@ -1,5 +1,7 @@
 """Shared helpers of the pipeline parity tests: seeded inputs and the comparison."""
 
+import os
+
 import numpy as np
 import PIL.Image
 import torch
@@ -38,4 +40,8 @@ def assert_close(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape
     diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    log = os.environ.get("SFUMATO_PARITY_LOG")  # a file to collect every comparison's difference, for notes
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{diff:.3g}\n")
     assert diff <= ATOL, f"max abs difference {diff}"
