@@ -90,11 +90,16 @@ def assert_same_pictures(made: dict[str, np.ndarray], reference: dict[str, np.nd
 
 
 def start_batch(*argv, cwd: Path) -> subprocess.Popen:
-    """``sfumato batch`` in a child process of its own process group (so that a test can Ctrl-C it)."""
+    """``sfumato batch`` in a child process of its own process group (so that a test can Ctrl-C it).
+
+    Ctrl-C is given back its default action in the child, as in a terminal: a test suite started in the
+    background of a non-interactive shell (``.ci/run &``) ignores SIGINT, and its children inherit that.
+    """
     env = {k: v for k, v in os.environ.items() if k != "SFUMATO_BUILTIN_MODEL"}
     return subprocess.Popen([sys.executable, "-m", "sfumato", "batch", *map(str, argv), "--quiet"], cwd=cwd,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_done(folder: Path, count: int, process: subprocess.Popen, timeout: float = 180) -> list[dict]:
