@@ -46,14 +46,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_pair(config: dict, seed: int = 0):
     """A diffusers AutoencoderKL with every weight random, and ours loaded (strictly) with the same weights."""
     torch.manual_seed(seed)

@@ -11,14 +11,6 @@ from sfumato.models.autoencoder_parts import SpatialNorm
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: a second thread only adds scheduling waits on a busy machine
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_pair(channels: int = 64, zq_channels: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     reference = ReferenceSpatialNorm(channels, zq_channels)

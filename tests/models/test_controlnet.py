@@ -50,14 +50,6 @@ TINY_CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize(model: torch.nn.Module) -> torch.nn.Module:
     """Every weight random, none zero: zero-initialised convs would hide wiring mistakes."""
     with torch.no_grad():

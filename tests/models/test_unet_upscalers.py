@@ -60,14 +60,6 @@ TINY_CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_pair(config: dict, seed: int = 0):
     """A diffusers UNet with every weight random (none zero) and ours with the same weights."""
     torch.manual_seed(seed)

@@ -50,21 +50,6 @@ CONFIGS = {"movq": MOVQ_LIKE, "movq-3-levels": MOVQ_THREE_LEVELS, "group-norm": 
            "no-mid-attention": NO_MID_ATTENTION}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these tiny models on one thread.
-
-    Their ops take microseconds, so a second thread gains nothing; on a busy
-    machine each parallel op instead waits for that thread to be scheduled,
-    which made this module ~100x slower. One thread also makes batch slicing
-    exactly reproducible (reductions are not split between threads).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomize(model: nn.Module, seed: int) -> None:
     """Give every norm and bias non-trivial values and the codebook unit-scale vectors.
 

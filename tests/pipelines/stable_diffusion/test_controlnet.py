@@ -11,6 +11,7 @@ import torch
 
 import sfumato
 
+from ...image.test_depth import dpt_folder  # noqa: F401 - a tiny depth-estimation model folder (module fixture)
 from ..parity import assert_close, generator, picture
 from .builders import swap_scheduler
 from .test_behaviour import no_model_may_run
@@ -237,22 +238,11 @@ def test_auto_from_pipe_adds_keeps_and_drops_the_controlnet(sd_folder, controlne
 
 
 @pytest.fixture(scope="module")
-def depth_estimator(tmp_path_factory):
+def depth_estimator(dpt_folder):
     """A random DPT depth model as a local folder, loaded as the transformers depth-estimation pipeline."""
-    import transformers
-
     from sfumato.image import load_depth_estimator
 
-    torch.manual_seed(0)
-    config = transformers.DPTConfig(
-        image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3],
-        num_attention_heads=4, intermediate_size=37, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16,
-    )
-    folder = tmp_path_factory.mktemp("dpt")
-    transformers.DPTForDepthEstimation(config).eval().save_pretrained(folder)
-    processor = getattr(transformers, "DPTImageProcessorPil", transformers.DPTImageProcessor)
-    processor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
-    return load_depth_estimator(folder)
+    return load_depth_estimator(dpt_folder)
 
 
 def test_chain_depth_controlnet_img2img_then_a_style_model(request, sd_folder, controlnet_folder, depth_estimator):
