@@ -28,6 +28,8 @@ PY
 sf generate "a green square on a black background" --num 4 --seed 7 -o "$out/squares.png"
 sf img2img "$out/generate.png" "a yellow circle on a blue background" --strength 0.6 --seed 2 -o "$out/img2img.png"
 sf inpaint "$out/generate.png" "$out/mask.png" "a white triangle on a blue background" --seed 3 -o "$out/inpaint.png"
+sf inpaint "$out/generate.png" "$out/mask.png" "a white triangle on a blue background" --seed 3 --no-keep-unmasked \
+    -o "$out/inpaint-latent.png"
 sf interpolate "a red circle on a blue background" "a green square on a blue background" --weights 0.5 0.5 \
     --seed 4 -o "$out/interpolate.png"
 sf controlnet "$out/silhouette.png" "a yellow triangle on a black background" --seed 5 -o "$out/controlnet.png"
@@ -42,10 +44,11 @@ import numpy as np
 from PIL import Image
 from sfumato.demo.evaluate import predict
 out = sys.argv[1]
-before, after = (np.asarray(Image.open(f"{out}/{name}.png").convert("RGB")).astype(int)
-                 for name in ("generate", "inpaint"))
 kept = np.asarray(Image.open(f"{out}/mask.png")) < 128
-print(f"inpaint.png: kept part mean change {np.abs(after - before)[kept].mean():.2f}/255; the evaluator reads it as",
-      predict(Image.open(f"{out}/inpaint.png")))
+before = np.asarray(Image.open(f"{out}/generate.png").convert("RGB")).astype(int)
+for name in ("inpaint", "inpaint-latent"):
+    after = np.asarray(Image.open(f"{out}/{name}.png").convert("RGB")).astype(int)
+    print(f"{name}.png: kept part mean change {np.abs(after - before)[kept].mean():.2f}/255; the evaluator reads it "
+          f"as", predict(Image.open(f"{out}/{name}.png")))
 PY
 echo "pictures in $out"

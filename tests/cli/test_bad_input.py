@@ -131,6 +131,7 @@ FIELDS = {
     "width": (_STEP, ["64", 1.5], "--size width"),
     "height": (_STEP, [[64], False], "--size height"),
     "scheduler": (_STEP, [5, "fast", ["ddim"]], "--scheduler"),
+    "preset": (_STEP, [5, "turbo", ["fast"], True], "--preset"),
     "model": (_STEP, [5, ["builtin"], "bad\nname", "x" * 300], "--model"),
     "prior": (_STEP, [{"a": 1}, 7], "--prior"),
     "task": ({"prompt": PROMPT}, [5, ["text2image"], "paint"], "task"),

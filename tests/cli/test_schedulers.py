@@ -61,7 +61,8 @@ def test_every_scheduler_on_every_kandinsky21_task(cli, tmp_path, kandinsky21_ro
 
 
 # each scheduler once through a command as typed (the reports: generate and img2img crashed)
-COMMANDS = {"ddim": "generate", "ddpm": "img2img", "dpm": "generate", "euler": "img2img", "euler-a": "inpaint",
+COMMANDS = {"ddim": "generate", "ddpm": "img2img", "dpm": "generate", "dpm++-karras": "inpaint", "euler": "img2img",
+            "euler-a": "inpaint",
             "lms": "interpolate", "pndm": "controlnet"}
 
 

@@ -20,6 +20,8 @@ FLOOR = {"background": 0.93, "colour": 0.9, "shape": 0.9, "present": 0.93, "size
 # The caption whose shapes faded to a dot at the old default prior guidance (4.0): 20 held-out seeds.
 FADING = "a white triangle on a green background"
 FADING_FLOOR = 0.9
+# Mean change (0-255) of the kept pixels of 12 held-out inpaintings, no pixel composite (issue 16's target: 4).
+INPAINT_FLOOR = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,20 @@ def test_white_shapes_do_not_fade(text2image):
     report = evaluate(generate(text2image, prompts, generation_defaults(builtin_model("decoder"))),
                       [FADING] * len(prompts))
     assert report.accuracy["size"] >= FADING_FLOOR and report.accuracy["all"] >= FADING_FLOOR, report.accuracy
+
+
+def test_inpainting_keeps_the_unmasked_region_without_the_composite():
+    """Issue 16: the inpainting folder's 4x MoVQ (16 x 16 latents) keeps what the mask does not cover.
+
+    The target is a mean change of at most 4/255 over the kept pixels of held-out inpaintings; the shipped
+    model measures 3.13 over 200 (``python -m sfumato.demo.evaluate --inpaint --count 200``), the 8x model it
+    replaced 7.28. Twelve are noisier, so the floor here is looser.
+    """
+    from sfumato.demo.evaluate import evaluate_inpainting
+
+    report, images = evaluate_inpainting(count=12)
+    assert all(image.size == (64, 64) for image in images)
+    assert report.mean <= INPAINT_FLOOR, report.format()
 
 
 def test_same_seed_same_picture(text2image):

@@ -283,3 +283,48 @@ def test_command_line_prints_both_tables(capsys, tmp_path):
     assert Image.open(tmp_path / "grid.png").size == (640, 192)
     assert main(["--data", "--start-seed", "7"]) == 2
     assert "eval-split seed" in capsys.readouterr().err
+
+
+# --- inpainting: tasks and the kept-region measure ----------------------------------------------------------
+
+
+def test_inpainting_tasks_are_held_out_and_alternate_their_masks():
+    from sfumato.demo.data import parse_caption
+    from sfumato.demo.evaluate import inpainting_tasks
+
+    tasks = inpainting_tasks(12)
+    assert [t.kind for t in tasks] == ["box", "rectangle"] * 6
+    assert [t.seed for t in tasks] == [seed for _, seed in held_out_prompts(12)]
+    for task, (caption, _) in zip(tasks, held_out_prompts(12)):
+        sample = make_sample(task.seed)
+        assert task.picture.tobytes() == sample.image.tobytes()
+        colour, _, background = parse_caption(task.prompt)
+        assert background == sample.background and colour != background
+        repaint = task.mask > 0.5
+        assert 0 < repaint.mean() < 1
+        if task.kind == "box":  # the whole shape is inside the repainted box, and a new one is asked for
+            assert repaint[sample.mask].all()
+            asked_colour, asked_shape, _ = parse_caption(caption)
+            assert parse_caption(task.prompt)[1] == asked_shape
+            assert colour == asked_colour or asked_colour == sample.background
+        else:  # a part of the picture, repainted as the picture's own caption says
+            assert task.prompt == sample.caption
+            rows, columns = np.nonzero(repaint)
+            assert 16 <= rows.max() - rows.min() + 1 <= 32 and 16 <= columns.max() - columns.min() + 1 <= 32
+    assert [t.mask.tobytes() for t in inpainting_tasks(12)] == [t.mask.tobytes() for t in tasks]
+
+
+def test_kept_region_change_counts_only_the_kept_pixels():
+    from sfumato.demo.evaluate import inpainting_tasks, kept_region_change
+
+    task = inpainting_tasks(1)[0]
+    original = np.asarray(task.picture, np.float64)
+    assert kept_region_change(task.picture, task) == (0.0, 0.0)
+    inside = original.copy()
+    inside[task.mask > 0.5] = 255 - inside[task.mask > 0.5]
+    assert kept_region_change(inside.astype(np.uint8), task) == (0.0, 0.0)
+    outside = original.copy()
+    kept = task.mask < 0.5
+    outside[kept] = np.clip(outside[kept] + np.where(outside[kept] > 127, -12, 12), 0, 255)
+    overall, near = kept_region_change(outside.astype(np.uint8), task)
+    assert overall == pytest.approx(12.0) and near == pytest.approx(12.0)

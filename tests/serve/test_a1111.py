@@ -80,12 +80,15 @@ def test_img2img_and_inpainting_with_base64_pictures(live):
     assert answer["parameters"]["init_images"] is None
 
     body.update(mask=data_url(right_half_mask()), inpainting_fill=1, mask_blur=4, inpainting_mask_invert=0,
-                prompt="a white square on a blue background")
+                prompt="a white square on a blue background", sampler_name="DPM++ 2M Karras")
     status, answer = post(live.url, "/sdapi/v1/img2img", body)
     assert status == 200, answer
     record = json.loads(decoded(answer["images"][0]).text["sfumato"])
     assert record["task"] == "inpaint" and "mask" in record
+    assert (record["scheduler"], record["scheduler_class"]) == ("dpm++-karras", "DPMSolverMultistepScheduler")
     info = json.loads(answer["info"])
+    assert info["sampler_name"] == "DPM++ 2M Karras" and "Sampler: DPM++ 2M Karras" in info["infotexts"][0]
+    assert "Karras" not in json.dumps(info.get("notes", ""))
     assert {"inpainting_fill", "mask_blur", "denoising_strength"} <= set(info["ignored"])
 
 

@@ -133,6 +133,7 @@ def job_from_args(args: Any) -> Job:
     if getattr(args, "weighting", None) is not None:
         job.weighting = args.weighting
     job.fast = bool(getattr(args, "fast", False))
+    job.preset = getattr(args, "preset", None)
     if task == "inpaint":
         job.mask = Source(path=args.mask)
         job.keep_unmasked = args.keep_unmasked
@@ -170,7 +171,7 @@ def generate(args: Any) -> int:
 _CHAIN_DEFAULTS = {"model", "prior", "negative_prompt", "negative", "seed", "scheduler", "dtype", "device", "size",
                    "num_inference_steps", "guidance_scale", "guidance", "prior_num_inference_steps", "prior_steps",
                    "prior_guidance_scale", "prior_guidance", "strength", "keep_unmasked", "weighting", "noise_level",
-                   "controlnet", "controlnet_scale", "controlnet_conditioning_scale", "depth_model"}
+                   "controlnet", "controlnet_scale", "controlnet_conditioning_scale", "depth_model", "preset"}
 
 
 #: Bytes of a chain file, and values it may hold once its YAML aliases (``*name``) are expanded: a chain of
@@ -392,7 +393,8 @@ def _step_defaults(defaults: dict[str, Any], where: str) -> dict[str, Any]:
     return {name: getattr(job, name) for name in ("model", "prior", "negative_prompt", "seed", "scheduler", "steps",
                                                   "guidance", "prior_steps", "prior_guidance", "strength", "width",
                                                   "height", "keep_unmasked", "weighting", "noise_level", "controlnet",
-                                                  "controlnet_scale", "depth_model") if getattr(job, name) is not None}
+                                                  "controlnet_scale", "depth_model", "preset")
+            if getattr(job, name) is not None}
 
 
 def chain(args: Any) -> int:
@@ -448,7 +450,7 @@ def chain(args: Any) -> int:
 _INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "weighting", "items", "weights", "image", "mask", "keep_unmasked",
                "hint", "depth_model", "strength", "noise_level", "denoising_start", "denoising_end", "output_type",
                "seed", "steps", "guidance", "controlnet_scale", "prior_steps", "prior_guidance", "width", "height",
-               "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "fast", "device", "cpu_threads",
+               "preset", "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "fast", "device", "cpu_threads",
                "index", "num", "sfumato", "input_sha256")
 
 

@@ -72,7 +72,7 @@ ALIASES = {
     "controlnet_conditioning_scale": "controlnet_scale", "control_image": "hint",
 }
 #: Record keys that describe a picture but do not change it (ignored when a record is read back).
-INFORMATIONAL = {"sfumato", "command", "index", "num", "scheduler_class", "input_sha256", "cpu_threads"}
+INFORMATIONAL = {"sfumato", "command", "index", "num", "scheduler_class", "input_sha256", "cpu_threads", "preset"}
 #: Marks the previous chain step's output in a chain file.
 PREVIOUS = "$previous"
 
@@ -164,6 +164,9 @@ class Job:
     denoising_end: float | None = None  # stop this share of the way through the schedule (SDXL base)
     denoising_start: float | None = None  # start this share of the way through, from the previous step's latents
     output_type: str | None = None  # "latent": hand the latents, not a picture, to the next chain step
+    # a named sampler preset (models.PRESETS): check() writes its values into the fields left open, so a
+    # record holds what it chose and the name is only informational
+    preset: str | None = None
     # filled by check() / settle() / run(), not recorded as such
     model_ref: models.ModelRef | None = field(default=None, repr=False)
     controlnet_ref: models.ModelRef | None = field(default=None, repr=False)
@@ -181,7 +184,7 @@ class Job:
         for name in ("task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance",
                      "prior_steps", "prior_guidance", "strength", "width", "height", "scheduler",
                      "scheduler_class", "dtype", "device", "keep_unmasked", "weighting", "noise_level", "controlnet",
-                     "controlnet_scale", "depth_model", "denoising_end", "denoising_start", "output_type"):
+                     "controlnet_scale", "depth_model", "denoising_end", "denoising_start", "output_type", "preset"):
             value = getattr(self, name)
             if value is not None or name in ("negative_prompt", "scheduler"):
                 record[name] = value
@@ -436,6 +439,8 @@ def check_fields(job: Job, where: str) -> None:
         raise UsageError(f"{where}--dtype must be one of {', '.join(models.DTYPES)}, got {shown(job.dtype)}")
     if job.device is not None and not isinstance(job.device, str):
         raise UsageError(f"{where}--device must be a torch device such as cpu or cuda, got {shown(job.device)}")
+    if job.preset is not None and (not isinstance(job.preset, str) or job.preset not in models.PRESETS):
+        raise UsageError(f"{where}--preset must be one of {', '.join(models.PRESETS)}, got {shown(job.preset)}")
     if job.scheduler is not None:
         if not isinstance(job.scheduler, str) or len(job.scheduler) > 100:
             raise UsageError(f"{where}--scheduler must be one of {', '.join(models.SCHEDULERS)} (or a scheduler "
@@ -523,7 +528,11 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     if job.prior is not None:
         job.prior = job.prior_ref.spec
     kind = models.checkpoint_kind(job.index, model_ref) if job.index is not None else None
-    _check_family_fields(job, kind, where)
+    two_stage = _check_family_fields(job, kind, where)
+    if job.preset is not None and job.task != "upscale":
+        for name, value in models.PRESETS[job.preset].items():
+            if getattr(job, name) is None and (name != "prior_steps" or two_stage):
+                setattr(job, name, value)
     given = job.image.job if job.image is not None else None
     if given is not None and job.denoising_start is not None and given.output_type is None \
             and given.denoising_end == job.denoising_start:
@@ -546,9 +555,10 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     return job
 
 
-def _check_family_fields(job: Job, kind: str | None, where: str) -> None:
+def _check_family_fields(job: Job, kind: str | None, where: str) -> bool:
     """Fields that only some families take (prior settings, a ControlNet folder, a depth model), against the
-    checkpoint's kind (``None``: a hub id, known only once downloaded)."""
+    checkpoint's kind (``None``: a hub id, known only once downloaded). Returns whether the checkpoint is
+    a two-stage Kandinsky 2.1 / 2.2 one (a prior, then a decoder)."""
     from .. import auto
 
     if kind is None:  # a hub id: what it is shows once it is downloaded
@@ -602,6 +612,7 @@ def _check_family_fields(job: Job, kind: str | None, where: str) -> None:
             if isinstance(most[0], int) and job.noise_level > min(most):
                 raise UsageError(f"{where}--noise-level {job.noise_level} is more than this x4 upscaler takes: 0 to "
                                  f"{min(most)} (its max_noise_level)")
+    return two_stage
 
 
 def _check_handoff(job: Job, kind: str | None, where: str) -> None:
@@ -724,8 +735,7 @@ def _settle_upscale(job: Job, where: str, multiple: int | None) -> None:
 
 def _check_steps(job: Job, where: str) -> None:
     decoder = models.scheduler_config(job.model_ref, "scheduler")
-    scheduler = models.scheduler_class_name(job.scheduler) if job.scheduler else None
-    models.check_steps(decoder, scheduler, job.steps, f"{where}--steps")
+    models.check_steps(decoder, job.scheduler, job.steps, f"{where}--steps")
     if job.prior_ref is not None:
         prior = models.scheduler_config(job.prior_ref, "scheduler")
     else:  # a saved combined pipeline carries its prior's scheduler

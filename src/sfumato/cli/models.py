@@ -60,10 +60,22 @@ SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
     "dpm": "DPMSolverMultistepScheduler",
+    "dpm++-karras": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
     "lms": "LMSDiscreteScheduler",
     "pndm": "PNDMScheduler",
+}
+
+#: Config values a short scheduler name sets on top of the checkpoint's (A1111's "DPM++ 2M Karras").
+SCHEDULER_OPTIONS: dict[str, dict[str, Any]] = {
+    "dpm++-karras": {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+}
+
+#: Named sampler presets (``--preset``): the fields each sets where the command line and the
+#: checkpoint's defaults leave them open. ``prior_steps`` applies to the two-stage Kandinsky models only.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"scheduler": "dpm++-karras", "steps": 20, "prior_steps": 10},
 }
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -113,6 +125,11 @@ def scheduler_class_name(name: str) -> str:
     if key in SCHEDULERS.values():
         return key
     raise UsageError(f"--scheduler must be one of {', '.join(SCHEDULERS)} (or a scheduler class name), got {name!r}")
+
+
+def scheduler_options(name: str | None) -> dict[str, Any]:
+    """The config values a --scheduler name sets besides the class (none for class names)."""
+    return dict(SCHEDULER_OPTIONS.get(name.strip().lower(), {})) if name else {}
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -469,7 +486,7 @@ def scheduler_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | N
 
 
 @_remembered(lambda config, class_name, steps, flag: (json.dumps(config, sort_keys=True, default=str), class_name, steps))
-def check_steps(config: dict[str, Any] | None, class_name: str | None, steps: int | None, flag: str) -> None:
+def check_steps(config: dict[str, Any] | None, scheduler_name: str | None, steps: int | None, flag: str) -> None:
     """Refuse a step count the scheduler cannot run, by asking a fresh one built from the checkpoint's config.
 
     The schedulers know their own limits (UnCLIP needs at least 2 steps, PNDM
@@ -480,11 +497,12 @@ def check_steps(config: dict[str, Any] | None, class_name: str | None, steps: in
         return
     from .. import schedulers
 
-    klass = getattr(schedulers, class_name or str(config.get("_class_name")), None)
+    class_name = scheduler_class_name(scheduler_name) if scheduler_name else str(config.get("_class_name"))
+    klass = getattr(schedulers, class_name, None)
     if klass is None:
         return
     try:
-        klass.from_config(config).set_timesteps(steps)
+        klass.from_config(config, **scheduler_options(scheduler_name)).set_timesteps(steps)
     except ValueError as error:
         raise UsageError(f"{flag} {steps}: {error}") from None
 
@@ -680,7 +698,7 @@ class Loader:
 
         original = self._schedulers[model.spec]
         klass = getattr(schedulers, scheduler_class_name(scheduler)) if scheduler else type(original)
-        decoder.scheduler = klass.from_config(original.config)
+        decoder.scheduler = klass.from_config(original.config, **scheduler_options(scheduler))
         if prior is not None:
             prior_original = self._schedulers.get(_prior_key(model, prior_ref), prior.scheduler)
             fresh = type(prior_original).from_config(prior_original.config)

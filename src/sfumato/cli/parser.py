@@ -11,7 +11,7 @@ import math
 import textwrap
 
 from .errors import UsageError
-from .models import BUILTIN_ENV, DTYPES, SCHEDULERS
+from .models import BUILTIN_ENV, DTYPES, PRESETS, SCHEDULERS
 
 OUTPUT_HELP = ("output PNG (default: COMMAND-SEED.png). With --num N > 1 the pictures are written as "
                "OUT-0.png ... OUT-{N-1}.png, picture i made with seed SEED+i")
@@ -203,7 +203,13 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
                                 "loading) (default: the model's; for pictures given as input, their size)")
     group.add_argument("--num", type=_positive_int, default=1, help="how many pictures (default: 1)")
     group.add_argument("--scheduler", metavar="NAME",
-                       help=f"swap the decoder's scheduler: {', '.join(SCHEDULERS)} (default: the checkpoint's)")
+                       help=f"swap the decoder's scheduler: {', '.join(SCHEDULERS)} (dpm++-karras: DPM-Solver++ "
+                            f"2M with Karras sigmas) (default: the checkpoint's)")
+    if task != "upscale":
+        group.add_argument("--preset", choices=list(PRESETS),
+                           help="a sampler preset for what the other options leave open: " + "; ".join(
+                               f"{name}: " + ", ".join(f"{key.replace('_', '-')} {value}" for key, value in values.items())
+                               for name, values in PRESETS.items()) + " (prior-steps for Kandinsky 2.1 / 2.2 only)")
     _runtime_options(parser)
     _output_options(parser)
 

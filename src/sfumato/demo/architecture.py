@@ -8,20 +8,22 @@ pictures of the procedural data set (:mod:`sfumato.demo.data`):
 component            class                                           role                          parameters
 ===================  ==============================================  ============================  ==========
 ``movq``             :class:`sfumato.VQModel` (spatial norm)         64 x 64 RGB <-> 4 x 8 x 8     0.87 M
+``movq`` inpaint     same, three levels, no attention                64 x 64 RGB <-> 4 x 16 x 16   0.71 M
 ``text_encoder``     ``transformers.CLIPTextModelWithProjection``    caption -> tokens + vector    0.16 M
 ``tokenizer``        ``transformers.CLIPTokenizer``                  one token per caption word
 ``image_encoder``    ``transformers.CLIPVisionModelWithProjection``  picture -> CLIP vector        0.17 M
 ``image_processor``  ``transformers.CLIPImageProcessor``             PIL -> CLIP pixels
 ``prior``            :class:`sfumato.PriorTransformer`               text -> image embedding       0.49 M
 ``unet`` decoder     :class:`sfumato.UNet2DConditionModel`           image embedding -> latents    2.15 M
-``unet`` inpaint     same, ``in_channels=9``                         + kept picture and mask       2.15 M
+``unet`` inpaint     same, ``in_channels=9``, on 16 x 16 latents     + kept picture and mask       2.15 M
 ``unet`` control     same, ``addition_embed_type="image_hint"``      + a silhouette hint           2.51 M
 ===================  ==============================================  ============================  ==========
 
 The functions here only *build* untrained parts (``build_untrained``); the
 training lives in :mod:`sfumato.demo.train`. Sizes were chosen so that all four
 shipped pipeline folders fit in about 20 MB as fp16 and the whole training
-runs in under an hour on two CPU cores (19.8 MiB and 42 minutes as shipped).
+runs in about an hour on two CPU cores (19.4 MiB as shipped; the times are in
+:mod:`sfumato.demo.train`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ IMAGE_SIZE = 64
 #: ControlNet hint network (which always downsamples 8x) takes the 64 x 64 hint.
 LATENT_CHANNELS = 4
 LATENT_SIZE = IMAGE_SIZE // 8
+#: The inpainting folder's MoVQ downsamples only 4x (4 x 16 x 16 latents). The
+#: 2.2 inpainting pipeline regenerates every latent pixel the mask touches and
+#: one more around it (``prepare_mask``), and the MoVQ decodes each latent into
+#: a patch of this side: at 8x that repaints up to 16 kept pixels beside the
+#: mask, at 4x up to 8, and the kept region decodes from four times as many
+#: kept latents.
+INPAINT_DOWNSAMPLING = 4
+INPAINT_LATENT_SIZE = IMAGE_SIZE // INPAINT_DOWNSAMPLING
 #: Width of CLIP embeddings. The 2.2 prior reads the text encoder's hidden
 #: states, its pooled projection and the image embedding at one width, so the
 #: text encoder's hidden size, both projections and the prior's
@@ -58,26 +68,44 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 PARTS: tuple[str, ...] = (
-    "movq", "text_encoder", "image_encoder", "prior", "decoder_unet", "inpaint_unet", "controlnet_unet",
+    "movq", "inpaint_movq", "text_encoder", "image_encoder", "prior", "decoder_unet", "inpaint_unet", "controlnet_unet",
 )
 
 
 # --------------------------------------------------------------------------- configs
 
 
-def movq_config() -> dict[str, Any]:
-    """The MoVQ (``VQModel``) config: four levels (8x), spatial norm in the decoder.
+def movq_config(downsampling: int = 8) -> dict[str, Any]:
+    """The MoVQ (``VQModel``) config, spatial norm in the decoder; ``downsampling`` is 8 or 4.
+
+    8: four levels, attention at the lowest (the text-to-image and ControlNet
+    folders). 4: three levels and no attention anywhere (the inpainting
+    folder), so that a latent reaches only the pixels near it and a repainted
+    region changes the kept one as little as the convolutions allow.
 
     Widths are multiples of 32 because the reference's ``SpatialNorm`` always
     uses 32 groups, whatever ``norm_num_groups`` says; with other widths the
     folder would load in sfumato but not in diffusers.
     """
+    if downsampling == 8:
+        levels = {
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+            "up_block_types": ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "block_out_channels": [32, 32, 32, 64],
+        }
+    elif downsampling == 4:
+        levels = {
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [32, 32, 64],
+            "mid_block_add_attention": False,
+        }
+    else:
+        raise ValueError(f"downsampling must be 8 or 4, got {downsampling!r}")
     return {
         "in_channels": 3,
         "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
-        "up_block_types": ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-        "block_out_channels": [32, 32, 32, 64],
+        **levels,
         "layers_per_block": 1,
         "act_fn": "silu",
         "latent_channels": LATENT_CHANNELS,
@@ -118,8 +146,10 @@ def unet_config(kind: str = "decoder") -> dict[str, Any]:
         "act_fn": "silu",
     }
     if kind == "inpaint":
-        # noisy latents + the kept picture's latents + the keep mask, as KandinskyV22InpaintPipeline feeds it
+        # noisy latents + the kept picture's latents + the keep mask, as KandinskyV22InpaintPipeline feeds it,
+        # in the 4x MoVQ's latent space
         config["in_channels"] = 2 * LATENT_CHANNELS + 1
+        config["sample_size"] = INPAINT_LATENT_SIZE
     elif kind == "controlnet":
         # the hint network turns the 64 x 64 hint into 4 channels at latent size, concatenated to the latents
         config["in_channels"] = 2 * LATENT_CHANNELS
@@ -264,6 +294,10 @@ def build_untrained(part: str, seed: int = 0, tokenizer=None) -> torch.nn.Module
         from ..models.vq_model import VQModel
 
         return VQModel(**movq_config())
+    if part == "inpaint_movq":
+        from ..models.vq_model import VQModel
+
+        return VQModel(**movq_config(INPAINT_DOWNSAMPLING))
     if part == "prior":
         from ..models.prior_transformer import PriorTransformer
 
@@ -326,6 +360,8 @@ __all__ = [
     "CAPTION_WORDS",
     "EMBED_DIM",
     "IMAGE_SIZE",
+    "INPAINT_DOWNSAMPLING",
+    "INPAINT_LATENT_SIZE",
     "LATENT_CHANNELS",
     "LATENT_SIZE",
     "MAX_TOKENS",

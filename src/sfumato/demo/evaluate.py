@@ -30,6 +30,13 @@ batch against captions and :func:`format_table` prints the result;
 never used, :func:`evaluate_model` generates and scores them with a
 text-to-image model (the built-in one by default), and
 ``python -m sfumato.demo.evaluate`` prints both tables from the command line.
+
+:func:`inpainting_tasks` and :func:`evaluate_inpainting` measure inpainting
+the same way: held-out pictures, masks of the two kinds people draw (the
+shape's box, with a prompt for a new shape on the picture's background; a
+random rectangle, with the picture's own caption), and how much of the kept
+region the model changes with no pixel composite
+(``python -m sfumato.demo.evaluate --inpaint``).
 """
 
 from __future__ import annotations
@@ -378,6 +385,123 @@ def evaluate_model(model: Any = None, count: int = 270, start_seed: int = HELD_O
     return evaluate(images, [caption for caption, _ in prompts]), images, settings
 
 
+# --------------------------------------------------------------------------- inpainting
+
+
+#: Margin, in pixels, of the "repaint the shape" masks around the shape's bounding box.
+INPAINT_BOX_MARGIN = 4
+
+
+@dataclass(frozen=True)
+class InpaintTask:
+    """One held-out inpainting: a picture, a mask (1 = repaint) and the prompt for the result."""
+
+    prompt: str
+    seed: int
+    picture: Image.Image
+    mask: np.ndarray  # float32 H x W, 1 = repaint
+    kind: str  # "box": the picture's shape with a margin, a new shape asked; "rectangle": a random 16-32 px one
+
+
+def inpainting_tasks(count: int = 24, start_seed: int = HELD_OUT_SEED_START) -> list[InpaintTask]:
+    """``count`` inpaintings the training never saw, alternating the two kinds of mask people draw.
+
+    The picture is the held-out sample of each :func:`held_out_prompts` seed.
+    Even tasks replace its shape: the mask is the shape's bounding box with a
+    :data:`INPAINT_BOX_MARGIN` margin, the prompt the held-out prompt's shape
+    colour and class on the picture's own background (a prompt that names
+    another background asks to change the kept region). Odd tasks repaint a
+    random rectangle, which may cut through the shape or miss it, with the
+    picture's own caption: a new shape there would make a picture of two
+    shapes, which the data set never has.
+    """
+    from .data import make_sample
+
+    tasks = []
+    for index, (caption, seed) in enumerate(held_out_prompts(count, start_seed)):
+        sample = make_sample(seed)
+        height, width = sample.mask.shape
+        mask = np.zeros((height, width), np.float32)
+        if index % 2 == 0:
+            rows, columns = np.nonzero(sample.mask)
+            m = INPAINT_BOX_MARGIN
+            mask[max(rows.min() - m, 0): rows.max() + 1 + m, max(columns.min() - m, 0): columns.max() + 1 + m] = 1
+            colour, shape, _ = parse_caption(caption)
+            if colour == sample.background:
+                others = [c for c in COLOURS if c != sample.background]
+                colour = others[index % len(others)]
+            prompt, kind = make_caption(colour, shape, sample.background), "box"
+        else:
+            rng = np.random.default_rng(seed)
+            h, w = (int(v) for v in rng.integers(16, 33, 2))
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            mask[top: top + h, left: left + w] = 1
+            prompt, kind = sample.caption, "rectangle"
+        tasks.append(InpaintTask(prompt, seed, sample.image, mask, kind))
+    return tasks
+
+
+@dataclass
+class InpaintReport:
+    """How much inpainting changed what it was asked to keep: mean absolute change (0-255) of the kept pixels."""
+
+    kinds: list[str]
+    kept_change: list[float]  # per picture, over its kept pixels, averaged over the colour channels
+    near_change: list[float]  # per picture, kept pixels within 8 pixels of the mask
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.kept_change))
+
+    def by_kind(self) -> dict[str, float]:
+        return {kind: float(np.mean([c for k, c in zip(self.kinds, self.kept_change) if k == kind]))
+                for kind in dict.fromkeys(self.kinds)}
+
+    def format(self) -> str:
+        parts = ", ".join(f"{kind} masks {value:.2f}" for kind, value in self.by_kind().items())
+        return (f"kept region, mean change over {len(self.kinds)} inpaintings: {self.mean:.2f}/255 ({parts}; "
+                f"within 8 px of the mask {np.mean(self.near_change):.2f}); worst picture {max(self.kept_change):.2f}")
+
+
+def kept_region_change(result: Any, task: InpaintTask) -> tuple[float, float]:
+    """Mean absolute change of ``task``'s kept pixels in ``result``, overall and within 8 px of the mask."""
+    change = np.abs(_to_pixels(result) - _to_pixels(task.picture)).mean(axis=-1)
+    kept = task.mask < 0.5
+    near = kept & _dilate(task.mask >= 0.5, 8)
+    return float(change[kept].mean()), float(change[near].mean()) if near.any() else 0.0
+
+
+def evaluate_inpainting(model: Any = None, count: int = 24, start_seed: int = HELD_OUT_SEED_START,
+                        **overrides: Any) -> tuple[InpaintReport, list[Any]]:
+    """Inpaint :func:`inpainting_tasks` with an inpainting pipeline (the built-in one by default) and measure
+    the kept region, with no pixel composite: what the model itself keeps. Settings are the folder's
+    ``sfumato_defaults.json`` with ``overrides`` on top. Returns the report and the pictures."""
+    import torch
+
+    from . import builtin_model, generation_defaults
+
+    tasks = inpainting_tasks(count, start_seed)
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .. import AutoPipelineForInpainting
+
+        folder = model if model is not None else builtin_model("inpaint")
+        pipe = AutoPipelineForInpainting.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        settings = generation_defaults(folder)
+    else:
+        pipe, settings = model, {}
+    settings = {**settings, **{key: value for key, value in overrides.items() if value is not None}}
+    images, kept, near = [], [], []
+    for task in tasks:
+        image = pipe(task.prompt, image=task.picture, mask_image=task.mask,
+                     generator=torch.Generator().manual_seed(task.seed), **settings).images[0]
+        overall, close = kept_region_change(image, task)
+        images.append(image)
+        kept.append(overall)
+        near.append(close)
+    return InpaintReport([task.kind for task in tasks], kept, near), images
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sfumato.demo.evaluate``: score a text-to-image model (or the data) on held-out prompts."""
     import argparse
@@ -390,20 +514,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="text-to-image folder (default: the built-in model)")
     parser.add_argument("--data", action="store_true",
                         help="score the data generator's own held-out pictures instead of a model (a sanity check)")
-    parser.add_argument("--count", type=int, default=270, help="held-out prompts (default 270: 3 per caption)")
+    parser.add_argument("--count", type=int, default=None, help="held-out prompts (default 270: 3 per caption; "
+                        "24 with --inpaint)")
     parser.add_argument("--start-seed", type=int, default=HELD_OUT_SEED_START,
                         help=f"first generation seed, a multiple of {EVAL_EVERY} (default {HELD_OUT_SEED_START})")
     parser.add_argument("--steps", type=int, default=None, help="decoder steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="decoder guidance scale (default: the model's)")
     parser.add_argument("--prior-steps", type=int, default=None, help="prior steps (default: the model's)")
     parser.add_argument("--prior-guidance", type=float, default=None, help="prior guidance scale (default: the model's)")
+    parser.add_argument("--inpaint", action="store_true",
+                        help="measure inpainting instead: how much the inpainting folder (--model, default the "
+                             "built-in one) changes the kept region of --count held-out inpaintings (default 24)")
     parser.add_argument("--grid", default=None, help="also save the first 90 pictures (one per caption) as a PNG grid")
     parser.add_argument("--json", default=None, help="also write the scores and each picture's reading as JSON")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = parser.parse_args(argv)
+    if args.count is None:
+        args.count = 24 if args.inpaint else 270
     if args.count < 1:
         parser.error(f"--count must be at least 1, got {args.count}")
     started = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.inpaint:
+        try:
+            inpainted, images = evaluate_inpainting(args.model, args.count, args.start_seed,
+                                                   num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                                   prior_num_inference_steps=args.prior_steps,
+                                                   prior_guidance_scale=args.prior_guidance)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{args.model or 'the built-in inpainting model'}, no pixel composite, "
+              f"{time.perf_counter() - started:.1f} s")
+        print(inpainted.format())
+        if args.grid:
+            _save_grid(images[:90], args.grid)
+            print(f"wrote the first {min(90, len(images))} pictures to {args.grid}")
+        return 0
     try:
         if args.data:
             from .data import make_sample
@@ -415,10 +565,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 images.append(make_sample(seed, shape=shape, colour=colour, background=background).image)
             report, settings, source = evaluate(images, [c for c, _ in prompts]), {}, "the data generator"
         else:
-            if args.threads:
-                import torch
-
-                torch.set_num_threads(args.threads)
             report, images, settings = evaluate_model(
                 args.model, args.count, args.start_seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 prior_num_inference_steps=args.prior_steps, prior_guidance_scale=args.prior_guidance)

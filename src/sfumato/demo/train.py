@@ -9,13 +9,15 @@ Usage::
 
 Stages, in order (each uses the results of the ones it names):
 
-``movq``        the MoVQ autoencoder: 64 x 64 pictures <-> 4 x 8 x 8 latents (reconstruction loss);
-                afterwards its latents are standardised and its codebook fitted to them
-``clip``        CLIP text and image encoders, contrastively, on captions and pictures
-``prior``       (clip) the unCLIP prior: caption -> CLIP image embedding, by diffusion
-``decoder``     (movq, clip) the text-to-image UNet: image embedding -> latents, by diffusion
-``inpaint``     (decoder) the inpainting UNet: also sees the kept part of a picture and the mask
-``controlnet``  (decoder) the ControlNet UNet: also sees the shape's silhouette (a hint)
+``movq``          the MoVQ autoencoder: 64 x 64 pictures <-> 4 x 8 x 8 latents (reconstruction loss);
+                  afterwards its latents are standardised and its codebook fitted to them
+``clip``          CLIP text and image encoders, contrastively, on captions and pictures
+``prior``         (clip) the unCLIP prior: caption -> CLIP image embedding, by diffusion
+``decoder``       (movq, clip) the text-to-image UNet: image embedding -> latents, by diffusion
+``inpaint_movq``  the inpainting folder's MoVQ, the same way: 4 x 16 x 16 latents (4x, no attention)
+``inpaint``       (inpaint_movq, clip, decoder) the inpainting UNet on those latents: also sees the kept
+                  part of a picture and the mask; starts from the decoder's weights
+``controlnet``    (movq, clip, decoder) the ControlNet UNet: also sees the shape's silhouette (a hint)
 
 ``DIR`` receives the pipeline folders ``prior``, ``decoder``, ``inpaint`` and
 ``controlnet`` in the Kandinsky 2.2 layout (fp16 weights), which load with
@@ -28,10 +30,15 @@ and at the end) and ``log.json`` with the time each stage took.
 Everything is seeded: the same ``--seed`` and settings give the same model.
 Only the training split of :mod:`sfumato.demo.data` is used.
 
-The shipped model (``sfumato/demo/model``) is the four folders of one run,
-``python -m sfumato.demo.train --out DIR --threads 1``, copied there. It took
-42 minutes on a 2-core CPU shared with other work: movq 6.0, clip 4.3, prior
-3.1, decoder 23.5, inpaint 2.1, controlnet 2.5. On a busy machine
+The shipped model (``sfumato/demo/model``) is the four folders of
+``python -m sfumato.demo.train --out DIR --threads 1``, copied there, made in
+two sittings. The prior, decoder and ControlNet folders took 42 minutes on a
+2-core CPU shared with other work: movq 6.0, clip 4.3, prior 3.1, decoder
+23.5, controlnet 2.5 (and 2.1 for the inpainting UNet they shipped with, on
+the 8x MoVQ). The inpainting folder was remade later on the same clip and
+decoder states, with ``--threads 2`` on a quiet machine: inpaint_movq 10.8,
+inpaint 13.4 minutes. All stages in one run: about 64 minutes by these
+figures, over the hour the old set took. On a busy machine
 ``--threads 1`` is the faster choice: these models are small, and a second
 thread that waits for a busy core costs more than it gives.
 """
@@ -57,20 +64,28 @@ from ..schedulers import schedules
 from . import DEFAULTS_FILE, architecture
 from .data import all_captions, make_sample, split_seeds
 
-STAGES: tuple[str, ...] = ("movq", "clip", "prior", "decoder", "inpaint", "controlnet")
+STAGES: tuple[str, ...] = ("movq", "clip", "prior", "decoder", "inpaint_movq", "inpaint", "controlnet")
 #: What each stage needs finished first.
 NEEDS: dict[str, tuple[str, ...]] = {
     "movq": (),
     "clip": (),
     "prior": ("clip",),
     "decoder": ("movq", "clip"),
-    "inpaint": ("movq", "clip", "decoder"),
+    "inpaint_movq": (),
+    "inpaint": ("inpaint_movq", "clip", "decoder"),
     "controlnet": ("movq", "clip", "decoder"),
 }
 #: The exported pipeline folder each stage writes (None: it only feeds later stages).
 EXPORTS: dict[str, str | None] = {
-    "movq": None, "clip": None, "prior": "prior", "decoder": "decoder", "inpaint": "inpaint", "controlnet": "controlnet",
+    "movq": None, "clip": None, "prior": "prior", "decoder": "decoder", "inpaint_movq": None, "inpaint": "inpaint",
+    "controlnet": "controlnet",
 }
+#: Each stage's number in its training steps' seeds (fixed, so a stage added later changes no other stage's draws).
+STAGE_NUMBERS: dict[str, int] = {
+    "movq": 0, "clip": 1, "prior": 2, "decoder": 3, "inpaint": 4, "controlnet": 5, "inpaint_movq": 6,
+}
+#: The stage whose MoVQ each diffusion stage's latents come from (and its folder ships).
+MOVQ_OF: dict[str, str] = {"decoder": "movq", "controlnet": "movq", "inpaint": "inpaint_movq"}
 
 
 @dataclass(frozen=True)
@@ -89,10 +104,11 @@ class StageSettings:
 #: Defaults sized so that all stages together take under an hour on two CPU cores.
 SETTINGS: dict[str, StageSettings] = {
     "movq": StageSettings(steps=1700, batch_size=16, learning_rate=2e-3, warmup_steps=50),
+    "inpaint_movq": StageSettings(steps=1200, batch_size=16, learning_rate=2e-3, warmup_steps=50),
     "clip": StageSettings(steps=1200, batch_size=128, learning_rate=1e-3),
     "prior": StageSettings(steps=1200, batch_size=128, learning_rate=5e-4, ema_decay=0.995),
     "decoder": StageSettings(steps=4000, batch_size=128, learning_rate=1e-3, ema_decay=0.999),
-    "inpaint": StageSettings(steps=600, batch_size=64, learning_rate=5e-4, warmup_steps=50, ema_decay=0.995),
+    "inpaint": StageSettings(steps=1500, batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995),
     "controlnet": StageSettings(steps=600, batch_size=32, learning_rate=1e-3, warmup_steps=50, ema_decay=0.995),
 }
 #: The MoVQ trains mostly on 32 x 32 crops (a quarter of the cost: it is
@@ -260,7 +276,7 @@ class Context:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """The random numbers of one training step: the same for the same seed, stage and step, even after resuming."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_007 + step)
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGE_NUMBERS[stage] * 10_007 + step)
 
 
 def learning_rate(settings: StageSettings, step: int) -> float:
@@ -365,13 +381,17 @@ def _rows(generator: torch.Generator, batch: int, pool: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- stage: movq
 
 
-def train_movq(context: Context) -> dict[str, Any]:
-    """Train the MoVQ on reconstruction (from slightly noised latents), then standardise its latents and fit its codebook."""
-    movq = architecture.build_untrained("movq", seed=context.seed)
-    pool = context.pool
-    batch = context.settings["movq"].batch_size
+def train_movq(context: Context, stage: str = "movq") -> dict[str, Any]:
+    """Train a MoVQ on reconstruction (from slightly noised latents), then standardise its latents and fit its codebook.
 
-    steps = context.settings["movq"].steps
+    ``stage`` is ``movq`` (8x) or ``inpaint_movq`` (4x).
+    """
+    movq = architecture.build_untrained(stage, seed=context.seed)
+    grid = 2 ** (len(movq.config.block_out_channels) - 1)
+    pool = context.pool
+    batch = context.settings[stage].batch_size
+
+    steps = context.settings[stage].steps
     whole_from = steps - max(1, round(steps * MOVQ_WHOLE_PICTURE_FRACTION))
 
     def loss_fn(step: int, generator: torch.Generator):
@@ -380,8 +400,8 @@ def train_movq(context: Context) -> dict[str, Any]:
         flip = torch.rand(batch, generator=generator) < 0.5
         pictures = torch.where(flip[:, None, None, None], pictures.flip(-1), pictures)
         if step < whole_from:
-            cells = (architecture.IMAGE_SIZE - MOVQ_CROP) // 8 + 1
-            top, left = (int(cell) * 8 for cell in torch.randint(0, cells, (2,), generator=generator))
+            cells = (architecture.IMAGE_SIZE - MOVQ_CROP) // grid + 1
+            top, left = (int(cell) * grid for cell in torch.randint(0, cells, (2,), generator=generator))
             pictures = pictures[:, :, top:top + MOVQ_CROP, left:left + MOVQ_CROP]
         latents = movq.encode(pictures).latents
         # Noise relative to the latents' spread (not a fixed amount, which the encoder
@@ -394,7 +414,7 @@ def train_movq(context: Context) -> dict[str, Any]:
         loss = error.abs().mean() + error.square().mean()
         return loss, {"loss": loss.item()}
 
-    state = train_loop("movq", context, {"movq": movq}, loss_fn)
+    state = train_loop(stage, context, {"movq": movq}, loss_fn)
     started = time.perf_counter()
     latents = encode_pool(movq, pool)
     mean, std = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))
@@ -618,11 +638,20 @@ class DiffusionLoss:
         return schedules.add_noise(self.alphas_cumprod.float(), clean, noise, timesteps)
 
     def __call__(self, output: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
-                 timesteps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                 timesteps: torch.Tensor, where: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of ``output``; ``where`` (N x 1 x H x W, 0 or 1) limits it to those latent pixels."""
         posterior = self.posterior
         channels = clean.shape[1]
         predicted_noise, variance_fraction = output[:, :channels], output[:, channels:]
-        mse = F.mse_loss(predicted_noise, noise)
+        if where is None:
+            where = torch.ones_like(clean[:, :1])
+        # per picture: the mean over its counted latent pixels (a picture with none counts nothing)
+        counted = where.sum(dim=(1, 2, 3)) * channels
+
+        def mean(values: torch.Tensor) -> torch.Tensor:
+            return (values * where).sum(dim=(1, 2, 3)) / counted.clamp(min=1)
+
+        mse = mean((predicted_noise - noise).square()).mean()
 
         def at(table: torch.Tensor) -> torch.Tensor:
             return table[timesteps].float().view(-1, 1, 1, 1)
@@ -637,13 +666,14 @@ class DiffusionLoss:
         kl = 0.5 * (-1.0 + model_log_variance - true_log_variance + (true_log_variance - model_log_variance).exp()
                     + (true_mean - model_mean).square() * (-model_log_variance).exp())
         # nats -> bits per latent value; t = 0 (the decoder's likelihood term) is left out
-        kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
+        kl = mean(kl) / math.log(2.0)
         vlb = (kl * (timesteps > 0)).mean()
         return mse + vlb, {"mse": mse.item(), "vlb": vlb.item()}
 
 
-def _decoder_inputs(context: Context):
-    movq_state = context.workspace.finished("movq")
+def _decoder_inputs(context: Context, stage: str):
+    """The standardised latents of the training pictures (from ``stage``'s MoVQ), their CLIP embeddings and the zero picture's."""
+    movq_state = context.workspace.finished(MOVQ_OF[stage])
     clip_state = context.workspace.finished("clip")
     return movq_state["latents"].float(), clip_state["image_embeds"], clip_state["zero_embed"]
 
@@ -656,7 +686,7 @@ def _conditions(embeds: torch.Tensor, zero_embed: torch.Tensor, generator: torch
 
 def train_decoder(context: Context) -> dict[str, Any]:
     """Train the text-to-image UNet: denoise MoVQ latents, conditioned on the picture's CLIP embedding."""
-    latents, embeds, zero_embed = _decoder_inputs(context)
+    latents, embeds, zero_embed = _decoder_inputs(context, "decoder")
     unet = architecture.build_untrained("decoder_unet", seed=context.seed)
     diffusion = DiffusionLoss()
     batch = context.settings["decoder"].batch_size
@@ -722,7 +752,7 @@ def train_inpaint(context: Context) -> dict[str, Any]:
     """Fine-tune the decoder into the 9-channel inpainting UNet (latents + kept latents + keep mask)."""
     from ..image import kandinsky_latent_mask
 
-    latents, embeds, zero_embed = _decoder_inputs(context)
+    latents, embeds, zero_embed = _decoder_inputs(context, "inpaint")
     unet = _trained_decoder(context, "inpaint")
     diffusion = DiffusionLoss()
     pool = context.pool
@@ -739,14 +769,16 @@ def train_inpaint(context: Context) -> dict[str, Any]:
         inputs = torch.cat([noisy, clean * keep, keep], dim=1)
         output = unet(inputs, timesteps, encoder_hidden_states=None,
                       added_cond_kwargs={"image_embeds": condition}).sample
-        return diffusion(output, clean, noisy, noise, timesteps)
+        # only the repainted latents count: after every step the pipeline puts the kept ones back (noised to
+        # the next step) and keeps them as they are at the end, so what the UNet says about them is never used
+        return diffusion(output, clean, noisy, noise, timesteps, where=1 - keep)
 
     return train_loop("inpaint", context, {"unet": unet}, loss_fn, ema_model="unet")
 
 
 def train_controlnet(context: Context) -> dict[str, Any]:
     """Fine-tune the decoder into the hint-conditioned UNet (``image_hint``), hints being silhouettes."""
-    latents, embeds, zero_embed = _decoder_inputs(context)
+    latents, embeds, zero_embed = _decoder_inputs(context, "controlnet")
     unet = _trained_decoder(context, "controlnet")
     diffusion = DiffusionLoss()
     pool = context.pool
@@ -765,7 +797,7 @@ def train_controlnet(context: Context) -> dict[str, Any]:
 
 
 TRAINERS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "movq": train_movq, "clip": train_clip, "prior": train_prior, "decoder": train_decoder,
+    "movq": train_movq, "inpaint_movq": lambda context: train_movq(context, "inpaint_movq"), "clip": train_clip, "prior": train_prior, "decoder": train_decoder,
     "inpaint": train_inpaint, "controlnet": train_controlnet,
 }
 
@@ -814,8 +846,9 @@ def export(context: Context, stage: str) -> Path:
         )
         pipeline.save_pretrained(folder)
         return folder
-    movq = architecture.build_untrained("movq", seed=context.seed)
-    movq.load_state_dict(workspace.finished("movq")["models"]["movq"])
+    movq_stage = MOVQ_OF[stage]
+    movq = architecture.build_untrained(movq_stage, seed=context.seed)
+    movq.load_state_dict(workspace.finished(movq_stage)["models"]["movq"])
     unet = architecture.build_untrained(f"{stage}_unet", seed=context.seed)
     unet.load_state_dict(workspace.finished(stage)["models"]["unet"])
     pipeline_class = getattr(sfumato, _DECODER_CLASSES[stage])

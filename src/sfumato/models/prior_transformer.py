@@ -247,6 +247,11 @@ class PriorTransformer(ModelMixin):
     def _causal_mask(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(1, L, L)`` additive mask: token i may not attend to tokens after i."""
         length = self.positional_embedding.shape[1]
+        device = torch.empty(0, device=device).device  # the default device when none is given
+        if device.type == "meta":
+            # a model built without its weights (from_pretrained) gets the mask once they are loaded; triu on
+            # meta tensors goes through PyTorch's Python decompositions, whose import costs seconds
+            return torch.empty((1, length, length), device=device, dtype=dtype)
         return torch.full((length, length), MASKED, device=device, dtype=dtype).triu_(1)[None]
 
     def init_non_persistent_buffers(self) -> None:

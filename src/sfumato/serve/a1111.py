@@ -42,7 +42,7 @@ SAMPLERS = {
     "LMS": ("lms", ["k_lms"]),
     "LMS Karras": ("lms", ["k_lms_ka"]),
     "DPM++ 2M": ("dpm", ["k_dpmpp_2m", "DPM++ 2M SDE"]),
-    "DPM++ 2M Karras": ("dpm", ["k_dpmpp_2m_ka"]),
+    "DPM++ 2M Karras": ("dpm++-karras", ["k_dpmpp_2m_ka"]),
     "DDIM": ("ddim", ["ddim"]),
     "PLMS": ("pndm", ["plms", "PNDM"]),
     "DDPM": ("ddpm", ["ddpm"]),
@@ -53,6 +53,15 @@ _SAMPLER_FOR_CLASS = {"EulerAncestralDiscreteScheduler": "Euler a", "EulerDiscre
                       "LMSDiscreteScheduler": "LMS", "DPMSolverMultistepScheduler": "DPM++ 2M",
                       "DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DDPMScheduler": "DDPM",
                       "UnCLIPScheduler": "UnCLIP"}
+
+
+def _sampler_name(record: dict) -> str | None:
+    """The AUTOMATIC1111 sampler name of a record: its scheduler class, with Karras sigmas where it chose them."""
+    if record.get("scheduler") == "dpm++-karras":
+        return "DPM++ 2M Karras"
+    return _SAMPLER_FOR_CLASS.get(record.get("scheduler_class"), record.get("scheduler_class"))
+
+
 HONOURED = ("prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter",
             "sampler_name", "sampler_index", "override_settings", "send_images", "prior_steps", "prior_guidance")
 HONOURED_IMG2IMG = HONOURED + ("init_images", "denoising_strength", "mask", "inpainting_mask_invert")
@@ -177,7 +186,7 @@ def to_job(body: Any, img2img: bool, server, chosen_model: str | None) -> tuple[
             raise ApiError(422, f"{field}: sampler {str(sampler)[:80]!r} is not available; use one of "
                                 f"{', '.join(SAMPLERS)} (GET /sdapi/v1/samplers)", field)
         job["scheduler"] = SAMPLERS[name][0]
-        if "karras" in str(sampler).lower():
+        if name == "LMS Karras":
             notes.append(f"sampler {sampler!r}: Karras sigma spacing is not available; ran {name.replace(' Karras', '')}")
     model = chosen_model
     overrides = body.get("override_settings")
@@ -233,7 +242,7 @@ def response(body: dict, job: dict, server, ignored: list[str], notes: list[str]
         "seed": first.get("seed"), "all_seeds": [r.get("seed") for r in records],
         "subseed": -1, "all_subseeds": [-1 for _ in records], "subseed_strength": 0,
         "width": first.get("width"), "height": first.get("height"),
-        "sampler_name": _SAMPLER_FOR_CLASS.get(first.get("scheduler_class"), first.get("scheduler_class")),
+        "sampler_name": _sampler_name(first),
         "cfg_scale": first.get("guidance"), "steps": first.get("steps"),
         "batch_size": body.get("batch_size", 1) or 1, "n_iter": body.get("n_iter", 1) or 1,
         "denoising_strength": first.get("strength"), "sd_model_name": first.get("model"), "sd_model_hash": None,
@@ -254,7 +263,7 @@ def infotext(record: dict) -> str:
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
     fields = [("Steps", record.get("steps")),
-              ("Sampler", _SAMPLER_FOR_CLASS.get(record.get("scheduler_class"), record.get("scheduler_class"))),
+              ("Sampler", _sampler_name(record)),
               ("CFG scale", record.get("guidance")), ("Seed", record.get("seed")),
               ("Size", f"{record.get('width')}x{record.get('height')}" if record.get("width") else None),
               ("Model", record.get("model")), ("Denoising strength", record.get("strength")),
@@ -281,7 +290,7 @@ def png_information(value: Any, server) -> dict:
         return {"info": items.get("parameters", ""), "items": items, "parameters": {}}
     record = record_of(raw, "image", server.config.data / "tmp")
     parameters = {"Prompt": record.get("prompt") or "", "Negative prompt": record.get("negative_prompt") or "",
-                  "Steps": record.get("steps"), "Sampler": _SAMPLER_FOR_CLASS.get(record.get("scheduler_class")),
+                  "Steps": record.get("steps"), "Sampler": _sampler_name(record),
                   "CFG scale": record.get("guidance"), "Seed": record.get("seed"), "Size-1": record.get("width"),
                   "Size-2": record.get("height"), "Model": record.get("model")}
     return {"info": infotext(record), "items": items, "parameters": parameters, "sfumato": record}
