@@ -368,19 +368,8 @@ def evaluate_model(model: Any = None, count: int = 270, start_seed: int = HELD_O
     ``overrides`` (e.g. ``prior_guidance_scale=8.0``; ``None`` values are
     ignored) on top. Returns the report, the pictures and the settings used.
     """
-    from . import builtin_model, generation_defaults
-
     prompts = held_out_prompts(count, start_seed)  # checked before any model loads
-    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from .. import AutoPipelineForText2Image
-
-        folder = model if model is not None else builtin_model("decoder")
-        pipe = AutoPipelineForText2Image.from_pretrained(folder)
-        pipe.set_progress_bar_config(disable=True)
-        settings = generation_defaults(folder)
-    else:
-        pipe, settings = model, {}
-    settings = {**settings, **{key: value for key, value in overrides.items() if value is not None}}
+    pipe, settings = _pipeline_and_settings(model, "AutoPipelineForText2Image", "decoder", overrides)
     images = generate(pipe, prompts, settings)
     return evaluate(images, [caption for caption, _ in prompts]), images, settings
 
@@ -478,19 +467,8 @@ def evaluate_inpainting(model: Any = None, count: int = 24, start_seed: int = HE
     ``sfumato_defaults.json`` with ``overrides`` on top. Returns the report and the pictures."""
     import torch
 
-    from . import builtin_model, generation_defaults
-
     tasks = inpainting_tasks(count, start_seed)
-    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from .. import AutoPipelineForInpainting
-
-        folder = model if model is not None else builtin_model("inpaint")
-        pipe = AutoPipelineForInpainting.from_pretrained(folder)
-        pipe.set_progress_bar_config(disable=True)
-        settings = generation_defaults(folder)
-    else:
-        pipe, settings = model, {}
-    settings = {**settings, **{key: value for key, value in overrides.items() if value is not None}}
+    pipe, settings = _pipeline_and_settings(model, "AutoPipelineForInpainting", "inpaint", overrides)
     images, kept, near = [], [], []
     for task in tasks:
         image = pipe(task.prompt, image=task.picture, mask_image=task.mask,
@@ -500,6 +478,23 @@ def evaluate_inpainting(model: Any = None, count: int = 24, start_seed: int = HE
         kept.append(overall)
         near.append(close)
     return InpaintReport([task.kind for task in tasks], kept, near), images
+
+
+def _pipeline_and_settings(model: Any, auto_class: str, builtin: str, overrides: dict[str, Any]):
+    """``model`` loaded with ``auto_class`` when it is a folder (the built-in ``builtin`` folder when None), with
+    the folder's ``sfumato_defaults.json`` under ``overrides`` (``None`` values ignored); a loaded pipeline as is."""
+    from . import builtin_model, generation_defaults
+
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .. import auto
+
+        folder = model if model is not None else builtin_model(builtin)
+        pipe = getattr(auto, auto_class).from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        settings = generation_defaults(folder)
+    else:
+        pipe, settings = model, {}
+    return pipe, {**settings, **{key: value for key, value in overrides.items() if value is not None}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,8 +37,11 @@ two sittings. The prior, decoder and ControlNet folders took 42 minutes on a
 23.5, controlnet 2.5 (and 2.1 for the inpainting UNet they shipped with, on
 the 8x MoVQ). The inpainting folder was remade later on the same clip and
 decoder states, with ``--threads 2`` on a quiet machine: inpaint_movq 10.8,
-inpaint 13.4 minutes. All stages in one run: about 64 minutes by these
-figures, over the hour the old set took. On a busy machine
+inpaint 13.4 minutes. That machine was slower: 100 and 200 steps of each
+stage there (``--steps``) put the decoder at 0.69 s a step against 0.35 in
+the first sitting, and the whole run at about 90 minutes; scaled to the first
+sitting's machine the two new stages take about 14 minutes and all stages
+about 55. On a busy machine
 ``--threads 1`` is the faster choice: these models are small, and a second
 thread that waits for a busy core costs more than it gives.
 """
