@@ -93,6 +93,18 @@ def test_every_workflow(api):
     assert reused["images"][0]["record"]["image"].endswith("/0.png")
 
 
+def test_a_sampler_preset_through_the_api(api):
+    """``preset`` fills what the job leaves open, as `--preset` does; the record holds the values it chose (the
+    queue keeps the checked record, so the preset's name, only informational, is not in it)."""
+    job = run(api, {"task": "text2image", "prompt": "a red circle on a blue background", "seed": 6, "steps": 3,
+                    "preset": "fast"})
+    record = job["images"][0]["record"]
+    assert (record["scheduler"], record["steps"], record["prior_steps"]) == ("dpm++-karras", 3, 10)
+    response = api.post("/api/jobs", json={"task": "text2image", "prompt": "a red circle", "preset": "turbo"})
+    assert response.status_code == 422 and response.json() == {"detail": "preset must be one of fast, got 'turbo'",
+                                                               "field": "preset"}, response.text
+
+
 def test_chain_from_yaml_text_shows_marked_steps(api):
     chain = """
 model: builtin
