@@ -485,7 +485,8 @@ def scheduler_config(ref: ModelRef | None, subfolder: str) -> dict[str, Any] | N
     return config if isinstance(config, dict) else None
 
 
-@_remembered(lambda config, class_name, steps, flag: (json.dumps(config, sort_keys=True, default=str), class_name, steps))
+@_remembered(lambda config, scheduler_name, steps, flag: (json.dumps(config, sort_keys=True, default=str),
+                                                          scheduler_name, steps))
 def check_steps(config: dict[str, Any] | None, scheduler_name: str | None, steps: int | None, flag: str) -> None:
     """Refuse a step count the scheduler cannot run, by asking a fresh one built from the checkpoint's config.
 

@@ -49,6 +49,7 @@ thread that waits for a busy core costs more than it gives.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -104,7 +105,7 @@ class StageSettings:
     ema_decay: float = 0.0
 
 
-#: Defaults sized so that all stages together take under an hour on two CPU cores.
+#: Defaults sized so that all stages together take about an hour on two CPU cores (figures above).
 SETTINGS: dict[str, StageSettings] = {
     "movq": StageSettings(steps=1700, batch_size=16, learning_rate=2e-3, warmup_steps=50),
     "inpaint_movq": StageSettings(steps=1200, batch_size=16, learning_rate=2e-3, warmup_steps=50),
@@ -800,8 +801,9 @@ def train_controlnet(context: Context) -> dict[str, Any]:
 
 
 TRAINERS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "movq": train_movq, "inpaint_movq": lambda context: train_movq(context, "inpaint_movq"), "clip": train_clip, "prior": train_prior, "decoder": train_decoder,
-    "inpaint": train_inpaint, "controlnet": train_controlnet,
+    "movq": train_movq, "clip": train_clip, "prior": train_prior, "decoder": train_decoder,
+    "inpaint_movq": functools.partial(train_movq, stage="inpaint_movq"), "inpaint": train_inpaint,
+    "controlnet": train_controlnet,
 }
 
 

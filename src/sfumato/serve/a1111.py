@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..cli.models import SCHEDULER_OPTIONS
 from .app import read_json
 from .errors import ApiError
 from .pictures import decode, encode_png, file_bytes, open_picture, record_of
@@ -55,11 +56,14 @@ _SAMPLER_FOR_CLASS = {"EulerAncestralDiscreteScheduler": "Euler a", "EulerDiscre
                       "UnCLIPScheduler": "UnCLIP"}
 
 
+# the --scheduler names that set more than a class (Karras sigmas), by the AUTOMATIC1111 sampler that names them
+_SAMPLER_FOR_OPTIONS = {short: name for name, (short, _) in SAMPLERS.items() if short in SCHEDULER_OPTIONS}
+
+
 def _sampler_name(record: dict) -> str | None:
-    """The AUTOMATIC1111 sampler name of a record: its scheduler class, with Karras sigmas where it chose them."""
-    if record.get("scheduler") == "dpm++-karras":
-        return "DPM++ 2M Karras"
-    return _SAMPLER_FOR_CLASS.get(record.get("scheduler_class"), record.get("scheduler_class"))
+    """The AUTOMATIC1111 sampler name of a record: its --scheduler name where that sets options, else its class."""
+    named = _SAMPLER_FOR_OPTIONS.get(record.get("scheduler"))
+    return named or _SAMPLER_FOR_CLASS.get(record.get("scheduler_class"), record.get("scheduler_class"))
 
 
 HONOURED = ("prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter",
@@ -186,7 +190,7 @@ def to_job(body: Any, img2img: bool, server, chosen_model: str | None) -> tuple[
             raise ApiError(422, f"{field}: sampler {str(sampler)[:80]!r} is not available; use one of "
                                 f"{', '.join(SAMPLERS)} (GET /sdapi/v1/samplers)", field)
         job["scheduler"] = SAMPLERS[name][0]
-        if name == "LMS Karras":
+        if "Karras" in name and SAMPLERS[name][0] not in SCHEDULER_OPTIONS:
             notes.append(f"sampler {sampler!r}: Karras sigma spacing is not available; ran {name.replace(' Karras', '')}")
     model = chosen_model
     overrides = body.get("override_settings")
