@@ -24,6 +24,19 @@ def prompts(name: str, value: Any) -> list[str]:
     raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.80}")
 
 
+def second_prompts(name: str, value: Any, count: int) -> list[str] | None:
+    """A second text encoder's prompts (SDXL's ``prompt_2``): None (or "") for the first encoder's, else one for
+    all or one per prompt."""
+    if value is None or value == "":
+        return None
+    texts = prompts(name, value)
+    if len(texts) == 1:
+        return texts * count
+    if len(texts) != count:
+        raise ValueError(f"{name} has {len(texts)} entries, but there are {count} prompts; pass one or one per prompt")
+    return texts
+
+
 def negative_prompts(value: Any, count: int) -> list[str]:
     """The negative prompts for ``count`` prompts: "" when none, one for all, or one per prompt."""
     if value is None:

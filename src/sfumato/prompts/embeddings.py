@@ -14,41 +14,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..pipelines import checks
 from .syntax import parse_prompt
 from .tokens import apply_weights, weighted_tokens
-
-
-def _texts(name: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.80}")
-
-
-def _negatives(value: Any, count: int) -> list[str]:
-    """The negative prompts for ``count`` prompts: "" when none, one for all, or one per prompt."""
-    if value is None:
-        return [""] * count
-    negatives = _texts("negative_prompt", value)
-    if len(negatives) == 1:
-        return negatives * count
-    if len(negatives) != count:
-        raise ValueError(f"negative_prompt has {len(negatives)} entries, but prompt has {count}; pass one negative "
-                         f"prompt or one per prompt")
-    return negatives
-
-
-def _second_prompts(name: str, value: Any, count: int) -> list[str] | None:
-    """SDXL's second encoder's prompts: None (or "") for the first encoder's, else one for all or one per prompt."""
-    if value is None or value == "":
-        return None
-    texts = _texts(name, value)
-    if len(texts) == 1:
-        return texts * count
-    if len(texts) != count:
-        raise ValueError(f"{name} has {len(texts)} entries, but there are {count} prompts; pass one or one per prompt")
-    return texts
 
 
 def _check_clip_skip(clip_skip: Any, encoders: Sequence[Any]) -> None:
@@ -279,10 +247,10 @@ def weighted_embeddings(pipe: Any, prompt: str | list[str], negative_prompt: str
     from ..pipelines.stable_diffusion.pipeline import StableDiffusionFamily
     from ..pipelines.stable_diffusion_xl.pipeline import StableDiffusionXLFamily
 
-    prompts = _texts("prompt", prompt)
-    negatives = None if negative_prompt is None else _negatives(negative_prompt, len(prompts))
-    prompts_2 = _second_prompts("prompt_2", prompt_2, len(prompts))
-    negatives_2 = _second_prompts("negative_prompt_2", negative_prompt_2, len(prompts))
+    prompts = checks.prompts("prompt", prompt)
+    negatives = None if negative_prompt is None else checks.negative_prompts(negative_prompt, len(prompts))
+    prompts_2 = checks.second_prompts("prompt_2", prompt_2, len(prompts))
+    negatives_2 = checks.second_prompts("negative_prompt_2", negative_prompt_2, len(prompts))
     if (prompts_2 or negatives_2) and not isinstance(pipe, StableDiffusionXLFamily):
         raise ValueError(f"prompt_2 / negative_prompt_2 are for SDXL pipelines; {type(pipe).__name__} has one text "
                          f"encoder")
@@ -342,7 +310,9 @@ def prompt_keywords(pipe: Any, prompt: str | list[str] | None, negative_prompt: 
 
     if isinstance(pipe, (StableDiffusionLatentUpscalePipeline, KandinskyV22Decoder)):
         return plain
-    texts = _texts("prompt", prompt) + ([] if negative_prompt is None else _texts("negative_prompt", negative_prompt))
+    texts = checks.prompts("prompt", prompt)
+    if negative_prompt is not None:
+        texts += checks.prompts("negative_prompt", negative_prompt)
     if not any(has_weighting(text) for text in texts) and not _too_long(pipe, texts):
         return plain
     return weighted_embeddings(pipe, prompt, negative_prompt)

@@ -113,8 +113,8 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         c.update(prompt=prompts, prompt_embeds=embeds, negative_prompt=negatives,
                  negative_prompt_embeds=negative_embeds, zero_negatives=zero_negatives)
         # the second encoder reads the first prompt where it gets none of its own ("" counts as none)
-        c["prompt_2"] = _second_prompts("prompt_2", c["prompt_2"], count) or prompts
-        c["negative_prompt_2"] = _second_prompts("negative_prompt_2", c["negative_prompt_2"], count) or negatives
+        c["prompt_2"] = checks.second_prompts("prompt_2", c["prompt_2"], count) or prompts
+        c["negative_prompt_2"] = checks.second_prompts("negative_prompt_2", c["negative_prompt_2"], count) or negatives
         if zero_negatives and c["negative_prompt_2"] is not negatives and negative_embeds is None:
             logger.warning("negative_prompt_2 is ignored without negative_prompt: force_zeros_for_empty_prompt "
                            "makes the unconditional half zeros")
@@ -345,18 +345,6 @@ class _ImageFamily(StableDiffusionXLFamily):
         super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
                          feature_extractor, force_zeros_for_empty_prompt, add_watermarker)
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
-
-
-def _second_prompts(name: str, value: Any, count: int) -> list[str] | None:
-    """A second encoder's prompts: None (or "") for the first encoder's, else one for all or one per prompt."""
-    if value is None or value == "":
-        return None
-    texts = checks.prompts(name, value)
-    if len(texts) == 1:
-        return texts * count
-    if len(texts) != count:
-        raise ValueError(f"{name} has {len(texts)} entries, but there are {count} prompts; pass one or one per prompt")
-    return texts
 
 
 def _pair(name: str, value: Any, meaning: str) -> tuple[float, float] | None:
