@@ -62,7 +62,9 @@ class MoVQLatents(GenerationPipeline):
         if keep.shape[-2:] != pixels.shape[-2:]:
             raise ValueError(
                 f"mask_image has size {tuple(keep.shape[-2:])} (height, width), but image has "
-                f"{tuple(pixels.shape[-2:])}; they must be the same size"
+                f"{tuple(pixels.shape[-2:])}; they must be the same size (PIL images are resized to height x "
+                f"width, here {(height, width)}, numpy arrays are not: pass height and width equal to the "
+                f"array's size, or both as PIL images)"
             )
         if tuple(pixels.shape[-2:]) != (height, width):
             raise ValueError(
