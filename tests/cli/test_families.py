@@ -191,6 +191,26 @@ def test_x2_upscale_and_its_default_noise_level(cli, tmp_path, family):
     assert np.array_equal(made, _rgb(expected))
 
 
+
+def test_x2_upscale_takes_only_sigma_space_schedulers(cli, tmp_path, family):
+    """The latent upscaler hands its scheduler denoised latents in sigma space: other schedulers are refused
+    before loading, naming --scheduler; lms runs and equals the library with that scheduler."""
+    import sfumato
+
+    x2 = family("x2")
+    small = _photo(tmp_path, "small.png", 48, 32, seed=6)
+    for name in ("ddim", "dpm++-karras", "euler-a", "PNDMScheduler"):
+        result = cli("upscale", small, "--model", x2, "--scheduler", name, "-o", "refused.png", "-q")
+        assert result.code == 2 and f"--scheduler {name!r}" in result.err and "euler or lms" in result.err, result.err
+        assert not (tmp_path / "refused.png").exists()
+    record, made = _made(cli, tmp_path, "x2-lms", "upscale", small, "--model", x2, "--steps", 2, "--seed", 11,
+                         "--scheduler", "lms")
+    assert record["scheduler"] == "lms"
+    pipe = _library("StableDiffusionLatentUpscalePipeline", x2)
+    pipe.scheduler = sfumato.LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    expected = pipe("", image=PIL.Image.open(small).convert("RGB"), num_inference_steps=2, generator=_seed(11))
+    assert np.array_equal(made, _rgb(expected.images[0]))
+
 # ---------------------------------------------------------------------------------------------- SDXL
 
 
