@@ -191,7 +191,6 @@ def test_x2_upscale_and_its_default_noise_level(cli, tmp_path, family):
     assert np.array_equal(made, _rgb(expected))
 
 
-
 def test_x2_upscale_takes_only_sigma_space_schedulers(cli, tmp_path, family):
     """The latent upscaler hands its scheduler denoised latents in sigma space: other schedulers are refused
     before loading, naming --scheduler; lms runs and equals the library with that scheduler."""
@@ -210,6 +209,7 @@ def test_x2_upscale_takes_only_sigma_space_schedulers(cli, tmp_path, family):
     pipe.scheduler = sfumato.LMSDiscreteScheduler.from_config(pipe.scheduler.config)
     expected = pipe("", image=PIL.Image.open(small).convert("RGB"), num_inference_steps=2, generator=_seed(11))
     assert np.array_equal(made, _rgb(expected.images[0]))
+
 
 # ---------------------------------------------------------------------------------------------- SDXL
 

@@ -72,8 +72,6 @@ ALIASES = {
     "controlnet_conditioning_scale": "controlnet_scale", "control_image": "hint",
 }
 #: Record keys that describe a picture but do not change it (ignored when a record is read back).
-#: The --scheduler names the x2 latent upscaler can run (it hands its scheduler denoised latents, in sigma space).
-LATENT_UPSCALER_SCHEDULERS = {"euler": "EulerDiscreteScheduler", "lms": "LMSDiscreteScheduler"}
 INFORMATIONAL = {"sfumato", "command", "index", "num", "scheduler_class", "input_sha256", "cpu_threads", "preset"}
 #: Marks the previous chain step's output in a chain file.
 PREVIOUS = "$previous"
@@ -602,10 +600,13 @@ def _check_family_fields(job: Job, kind: str | None, where: str) -> bool:
                              f"transformers depth-estimation model (config.json, weights, preprocessor_config.json)")
         job.depth_model = os.path.abspath(folder)
     if job.scheduler is not None and kind == "upscale" and (models.upscaler(job.model_ref) or ("",))[0] == "x2":
-        if models.scheduler_class_name(job.scheduler) not in LATENT_UPSCALER_SCHEDULERS.values():
+        from .. import StableDiffusionLatentUpscalePipeline
+
+        runs = StableDiffusionLatentUpscalePipeline.sigma_space_schedulers
+        if models.scheduler_class_name(job.scheduler) not in runs:
+            names = [name for name, class_name in models.SCHEDULERS.items() if class_name in runs]
             raise UsageError(f"{where}--scheduler {job.scheduler!r}: the x2 latent upscaler denoises in sigma space "
-                             f"and runs only {' or '.join(LATENT_UPSCALER_SCHEDULERS)} "
-                             f"({', '.join(LATENT_UPSCALER_SCHEDULERS.values())})")
+                             f"and runs only {' or '.join(names)} ({', '.join(runs)})")
     if job.noise_level is not None and kind is not None and kind == "upscale":
         upscaler = models.upscaler(job.model_ref)
         if upscaler is not None and upscaler[0] != "x4":

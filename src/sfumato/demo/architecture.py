@@ -22,7 +22,7 @@ component            class                                           role       
 The functions here only *build* untrained parts (``build_untrained``); the
 training lives in :mod:`sfumato.demo.train`. Sizes were chosen so that all four
 shipped pipeline folders fit in about 20 MB as fp16 and the whole training
-runs in about an hour on two CPU cores (19.4 MiB as shipped; the times are in
+runs in under an hour on two CPU cores (19.4 MiB of weights as shipped; the times are in
 :mod:`sfumato.demo.train`).
 """
 

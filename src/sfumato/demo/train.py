@@ -40,11 +40,12 @@ inpaint_movq 8.6, inpaint 10.0, controlnet 1.9, exports and calibration 1.4
 the same machine, 55.6 minutes in all with heavier MoVQ and lighter inpaint
 settings, and resumed from there). The batch sizes are what keeps that under
 an hour: the decoder at 128 per step for 4000 steps, as before, would take
-about 46 minutes there (0.69 s a step). Held-out scores of the shipped model (``sfumato.demo.evaluate``):
-99.6% of 270 prompts right on every criterion (98.9% and 100% on the next two
-seed ranges), kept region of inpainting 3.32/255 over 200. On a busy machine
-``--threads 1`` is the faster choice: these models are small, and a second
-thread that waits for a busy core costs more than it gives.
+about 46 minutes there (0.69 s a step). Held-out scores of the shipped model
+(``sfumato.demo.evaluate``): 99.6% of 270 prompts right on every criterion
+(98.9% and 100% on the next two seed ranges), kept region of inpainting
+3.32/255 over 200. On a busy machine ``--threads 1`` is the faster choice:
+these models are small, and a second thread that waits for a busy core costs
+more than it gives.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ class StableDiffusionLatentUpscalePipeline(VaeLatents):
     """x2 upscaling in Stable Diffusion's latent space, guided by a prompt (``image``: pictures or latents)."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    #: The schedulers it runs: it denoises in sigma space and hands them the denoised latents
+    #: (``prediction_type='sample'``).
+    sigma_space_schedulers = ("EulerDiscreteScheduler", "LMSDiscreteScheduler")
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         super().__init__()
@@ -121,13 +124,13 @@ class StableDiffusionLatentUpscalePipeline(VaeLatents):
         return count
 
     def _check_scheduler(self) -> None:
-        from ...schedulers import EulerDiscreteScheduler, LMSDiscreteScheduler
+        from ... import schedulers
 
-        sigma_space = (EulerDiscreteScheduler, LMSDiscreteScheduler)
+        sigma_space = tuple(getattr(schedulers, name) for name in self.sigma_space_schedulers)
         if not isinstance(self.scheduler, sigma_space) or self.scheduler.config.prediction_type != "sample":
             got = f"{type(self.scheduler).__name__}(prediction_type={self.scheduler.config.get('prediction_type')!r})"
             raise ValueError(f"the latent upscaler denoises in sigma space and hands its scheduler the denoised "
-                             f"latents: it needs EulerDiscreteScheduler or LMSDiscreteScheduler with "
+                             f"latents: it needs {' or '.join(self.sigma_space_schedulers)} with "
                              f"prediction_type='sample', got {got}")
 
     def condition(self, conditioning: dict[str, Any], request: Request, guided: bool) -> dict[str, torch.Tensor]:
