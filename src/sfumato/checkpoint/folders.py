@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -48,6 +49,27 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# a model card's YAML block, as the hub reads it (huggingface_hub.repocard)
+_FRONT_MATTER = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+
+
+def _front_matter(readme: Path) -> dict:
+    """The YAML block at the top of a model card (``{}`` without one); read here rather than with
+    huggingface_hub's ModelCard, whose import costs a slow machine half a second of every command."""
+    import yaml
+
+    with open(readme, encoding="utf-8", newline="") as file:
+        match = _FRONT_MATTER.search(file.read())
+    if match is None:
+        return {}
+    data = yaml.safe_load(match.group(2))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("repo card metadata block should be a dict")
+    return data
+
+
 def connected_pipeline(folder: str | os.PathLike, prefix: str = "prior") -> str | Path | None:
     """The pipeline a folder's model card names under ``prefix`` (``prior: [org/name]`` or ``../prior``).
 
@@ -58,14 +80,12 @@ def connected_pipeline(folder: str | os.PathLike, prefix: str = "prior") -> str 
     readme = Path(folder) / "README.md"
     if not readme.is_file():
         return None
-    from huggingface_hub import ModelCard
-
     try:
-        data = ModelCard.load(readme).data
-    except Exception as error:  # huggingface_hub raises several types for broken YAML
+        data = _front_matter(readme)
+    except Exception as error:  # yaml raises several types for broken YAML
         raise CheckpointError(f"model card {str(readme)!r} has front matter that cannot be read "
                               f"({type(error).__name__}: {str(error)[:200]}); fix or remove its YAML block") from None
-    sources = getattr(data, prefix, None)
+    sources = data.get(prefix)
     if sources is None or sources == []:
         return None
     source = sources[0] if isinstance(sources, list) else sources

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Callable
 
 from .errors import CheckpointError
 
@@ -15,6 +17,30 @@ _FOREIGN_LIBRARIES = {"transformers"}
 # classes the reference keeps inside one of its pipeline packages rather than at its top level; its
 # model_index.json names that package as the library (``["kandinsky", "MultilingualCLIP"]``)
 _REFERENCE_PACKAGES = {"MultilingualCLIP": "kandinsky", "StableDiffusionSafetyChecker": "stable_diffusion"}
+# our classes built on transformers' (importing them imports transformers)
+_ON_TRANSFORMERS = {"MultilingualCLIP", "StableDiffusionSafetyChecker"}
+
+# called once, just before a checkpoint first makes transformers load (see before_transformers)
+_BEFORE_TRANSFORMERS: list[Callable[[], None]] = []
+
+
+def before_transformers(hook: Callable[[], None]) -> Callable[[], None]:
+    """Call ``hook`` just before loading a component first imports transformers (now, if it is imported).
+
+    Loading with ``fast_start=True`` may never import it (seconds saved), so
+    whoever quiets its logging (the command line) waits for this moment
+    instead of importing it up front. Returns a function that withdraws the hook.
+    """
+    if "transformers" in sys.modules:
+        hook()
+        return lambda: None
+    _BEFORE_TRANSFORMERS.append(hook)
+    return lambda: _BEFORE_TRANSFORMERS.remove(hook) if hook in _BEFORE_TRANSFORMERS else None
+
+
+def _transformers_needed() -> None:
+    while _BEFORE_TRANSFORMERS:
+        _BEFORE_TRANSFORMERS.pop(0)()
 
 
 def reference_library(class_name: str) -> str:
@@ -35,6 +61,9 @@ def resolve_class(library: str | None, class_name: str, component: str = "compon
     if library in _OWN_LIBRARIES or library is None or _REFERENCE_PACKAGES.get(class_name) == library:
         import sfumato
 
+        if class_name in _ON_TRANSFORMERS:
+            _transformers_needed()
+
         if class_name not in sfumato._EXPORTS:
             raise CheckpointError(
                 f"{component!r} names class {class_name!r} from {library!r}, which sfumato does not provide"
@@ -50,6 +79,8 @@ def resolve_class(library: str | None, class_name: str, component: str = "compon
             f"{component!r} names [{library!r}, {class_name!r}]; name the concrete class (e.g. CLIPTextModel): "
             f"{library}'s Auto classes can run code that ships inside a checkpoint"
         )
+    if library == "transformers":
+        _transformers_needed()
     try:
         module = importlib.import_module(library)
     except ImportError:

@@ -102,8 +102,8 @@ def _library_output(quiet: bool) -> Iterator[None]:
     transformers' per-model loading bars and advice (e.g. to install
     torchvision) mean nothing to someone running a command; sfumato shows
     its own loading bar instead (transformers is quieted by
-    :func:`quiet_transformers` once models load: importing it takes most of a
-    second, which checks of the arguments should not wait for). With ``quiet``
+    :func:`quiet_transformers` when a checkpoint first needs it: importing it
+    takes seconds, and loading with ``fast_start`` often never does). With ``quiet
     sfumato's warnings (e.g. a truncated prompt) and Python warnings are
     silenced too.
     """
@@ -138,9 +138,19 @@ def _library_output(quiet: bool) -> Iterator[None]:
             undo()
 
 
-def quiet_transformers() -> None:
-    """Quiet transformers' logging and loading bars until the running command ends (models are about to load)."""
+def quiet_transformers(now: bool = False) -> None:
+    """Quiet transformers' logging and loading bars until the running command ends (models are about to load).
+
+    Loading with ``fast_start`` may never import transformers (seconds of
+    start-up), so unless ``now`` this waits for the moment a checkpoint first
+    needs it.
+    """
     if not _UNDO or not _importable("transformers"):
+        return
+    if not now and "transformers" not in sys.modules:
+        from ..checkpoint.registry import before_transformers
+
+        _UNDO[-1].append(before_transformers(lambda: quiet_transformers(now=True)))
         return
     from transformers.utils import logging as transformers_logging
 

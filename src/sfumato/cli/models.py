@@ -598,8 +598,8 @@ class Loader:
             from ..pipelines.base import DiffusionPipeline
 
             self._loading(ref)
-            self._priors[ref.spec] = self._place(DiffusionPipeline.from_pretrained(ref.source,
-                                                                                   torch_dtype=self.torch_dtype))
+            self._priors[ref.spec] = self._place(DiffusionPipeline.from_pretrained(
+                ref.source, torch_dtype=self.torch_dtype, fast_start=True))
             self._schedulers[ref.spec] = self._priors[ref.spec].scheduler
             self._loaded()
         return self._priors[ref.spec]
@@ -639,7 +639,7 @@ class Loader:
             overrides = {f"prior_{name}": c for name, c in self.prior(prior).components.items()}
         self._loading(model)
         pipe = self._place(pipeline_for_task.from_pretrained(model.source, torch_dtype=self.torch_dtype,
-                                                             **overrides))
+                                                             fast_start=True, **overrides))
         self._loaded()
         self._pipelines[model.spec] = pipe
         self._schedulers[model.spec] = pipe.scheduler
@@ -669,7 +669,9 @@ class Loader:
         """The transformers depth-estimation pipeline of a local DPT (or similar) folder, loaded once."""
         if folder not in self._components:
             from ..image import load_depth_estimator
+            from . import quiet_transformers
 
+            quiet_transformers(now=True)
             self._components[folder] = load_depth_estimator(folder, device=self.device)
         return self._components[folder]
 
@@ -679,7 +681,7 @@ class Loader:
 
             self._loading(model)
             self._pipelines[model.spec] = self._place(DiffusionPipeline.from_pretrained(
-                model.source, torch_dtype=self.torch_dtype))
+                model.source, torch_dtype=self.torch_dtype, fast_start=True))
             self._schedulers[model.spec] = self._pipelines[model.spec].scheduler
             self._loaded()
         return self._pipelines[model.spec]

@@ -35,6 +35,7 @@ from ..nn.embeddings import (
     TextImageTimeEmbedding,
     TimestepEmbedding,
     Timesteps,
+    lookup_table,
 )
 from .unet_2d_blocks import get_down_block
 
@@ -106,7 +107,7 @@ class UNetConditioningMixin:
     def _build_class_embedding(kind, num_class_embeds, act_fn, projection_dim, time_embed_dim,
                                timestep_input_dim) -> nn.Module | None:
         if kind is None:
-            return nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
+            return lookup_table(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
         if kind == "timestep":
             return TimestepEmbedding(timestep_input_dim, time_embed_dim, act_fn=act_fn)
         if kind == "identity":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import ModelMixin, register_to_config
+from ..nn.embeddings import lookup_table
 from ..nn.layout import follow_input_layout
 from ..outputs import BaseOutput
 from .autoencoder_parts import (
@@ -52,7 +53,7 @@ class VectorQuantizer(nn.Module):
         self.vq_embed_dim = vq_embed_dim
         self.beta = beta
         self.legacy = legacy
-        self.embedding = nn.Embedding(n_e, vq_embed_dim)
+        self.embedding = lookup_table(n_e, vq_embed_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:

@@ -23,6 +23,19 @@ from torch import nn
 from .activations import get_activation
 
 
+def lookup_table(count: int, width: int) -> nn.Embedding:
+    """``nn.Embedding(count, width)``, normally initialised as torch does, except on the meta device.
+
+    Models are built on the meta device before their weights are read, and
+    torch's ``normal_`` there goes through its reference ops, whose first use
+    imports ``torch._dynamo``: 1.5 s of a command's start-up on a slow CPU.
+    """
+    weight = torch.empty(count, width)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(count, width, _weight=weight)
+
+
 def timestep_embedding(
     timesteps: torch.Tensor,
     embedding_dim: int,

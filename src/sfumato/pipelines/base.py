@@ -45,6 +45,8 @@ logger = logging.getLogger("sfumato")
 
 # folders whose model cards are being followed right now (to refuse cards that name each other)
 _CONNECTING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("connecting", default=())
+# from_pretrained(fast_start=True) is loading: CLIP parts come from sfumato.models.clip (see load_component)
+_FAST_START: contextvars.ContextVar[bool] = contextvars.ContextVar("fast_start", default=False)
 
 # the files a pipeline needs from a hub snapshot (weights are filtered by variant)
 _HUB_PATTERNS = ["model_index.json", "README.md", "*/*.json", "*/*.txt", "*/*.model", "*/*.tiktoken"]
@@ -220,7 +222,25 @@ class DiffusionPipeline(ConfigMixin):
         Keyword arguments: ``torch_dtype`` (one dtype or ``{component: dtype, "default": dtype}``),
         ``variant``, ``use_safetensors``, and any component by name to use instead of loading it
         (``scheduler=DDIMScheduler(...)``, ``prior=None``).
+
+        ``fast_start=True`` reads CLIP text and image encoders and CLIP tokenizers with sfumato's
+        own classes (:mod:`sfumato.models.clip`: the same numbers bit for bit, in a fraction of
+        transformers' import time) and loads a transformers image processor when it is first used;
+        anything else, or a CLIP folder those classes cannot read exactly, loads as usual. The
+        command line loads this way; the default gives transformers' objects, as the reference does.
         """
+        fast_start = kwargs.pop("fast_start", None)
+        if fast_start is not None and not isinstance(fast_start, bool):
+            raise TypeError(f"fast_start must be True or False, got {fast_start!r}")
+        token = _FAST_START.set(fast_start if fast_start is not None else _FAST_START.get())
+        try:
+            return cls._load_pretrained(pretrained_model_name_or_path, kwargs)
+        finally:
+            _FAST_START.reset(token)
+
+    @classmethod
+    def _load_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                         kwargs: dict[str, Any]) -> "DiffusionPipeline":
         hub_kwargs = split_hub_kwargs(kwargs)
         torch_dtype = kwargs.pop("torch_dtype", None)
         if "dtype" in kwargs:  # the reference's newer spelling of torch_dtype
@@ -391,7 +411,11 @@ def _library_and_class(component: Any) -> tuple[str | None, str | None]:
         return (None, None)
     import sfumato
 
+    if isinstance(component, DeferredComponent):
+        return (component._reference_library, component._reference_class)
     klass = type(component)
+    if getattr(klass, "_reference_library", None):  # fast_start's CLIP parts stand for transformers' classes
+        return (klass._reference_library, klass.__name__)
     # our classes stand for the reference's classes of the same name in the folder format
     if sfumato._EXPORTS.get(klass.__name__) == klass.__module__ or klass.__module__.startswith("sfumato."):
         return (reference_library(klass.__name__), klass.__name__)
@@ -422,14 +446,18 @@ def load_component(folder: Path, name: str, entry: Any, dtype: torch.dtype | Non
     if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
         raise CheckpointError(f"model_index.json entry for {name!r} must be [library, class], got {entry!r}")
     library, class_name = entry
-    klass = resolve_class(library, class_name, component=name)
     sub = folder / name
+    component_variant = variant if variant and sub.is_dir() and _has_variant(sub, variant) else None
+    if _FAST_START.get() and library == "transformers" and sub.is_dir():
+        own = _fast_start_component(class_name, sub, dtype, component_variant, use_safetensors)
+        if own is not None:
+            return own
+    klass = resolve_class(library, class_name, component=name)
     if not sub.is_dir():
         raise CheckpointError(f"component folder {str(sub)!r} is missing (model_index.json lists {name!r})")
     if issubclass(klass, DiffusionPipeline):
         raise CheckpointError(f"model_index.json entry for {name!r} names the pipeline class {class_name!r}; "
                               f"a component is a model, scheduler, tokenizer or processor")
-    component_variant = variant if variant and _has_variant(sub, variant) else None
     if isinstance(klass, type) and issubclass(klass, ModelMixin):
         return klass.from_pretrained(sub, torch_dtype=dtype, variant=component_variant,
                                      use_safetensors=use_safetensors)
@@ -440,6 +468,55 @@ def load_component(folder: Path, name: str, entry: Any, dtype: torch.dtype | Non
         with config_errors_name(config_file):
             return klass.from_config(config)
     return _load_foreign(klass, sub, dtype, component_variant, use_safetensors)
+
+
+def _fast_start_component(class_name: str, folder: Path, dtype, variant, use_safetensors) -> Any:
+    """sfumato's reading of a transformers component, without importing transformers; ``None``: load it as usual."""
+    if class_name.endswith(("ImageProcessor", "ImageProcessorPil")):
+        # only image inputs (image embeddings, interpolation) use it: text-to-image never imports transformers for it;
+        # a folder without a readable config loads now, so that its error still comes before any picture
+        try:
+            json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+        def load() -> Any:
+            return _load_foreign(resolve_class("transformers", class_name, component=folder.name), folder, dtype,
+                                 variant, use_safetensors)
+
+        return DeferredComponent(load, "transformers", class_name)
+    if class_name in ("CLIPTokenizer", "CLIPTokenizerFast"):
+        from ..models import clip_tokenizer
+
+        return clip_tokenizer.load(folder)
+    from ..models import clip
+
+    return clip.load(class_name, folder, dtype, variant, use_safetensors)
+
+
+class DeferredComponent:
+    """A component loaded when it is first used (``fast_start``): attributes and calls reach the loaded one."""
+
+    def __init__(self, load: Any, library: str, class_name: str):
+        self._load, self._component = load, None
+        self._reference_library, self._reference_class = library, class_name
+
+    def loaded(self) -> Any:
+        if self._component is None:
+            self._component = self._load()
+        return self._component
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_load", "_component"):
+            raise AttributeError(name)
+        return getattr(self.loaded(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loaded()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._component is not None else "loads when first used"
+        return f"<{self._reference_class} ({state})>"
 
 
 def _load_foreign(klass: type, folder: Path, dtype, variant, use_safetensors) -> Any:
