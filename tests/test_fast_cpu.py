@@ -26,23 +26,26 @@ def test_sapphire_rapids_gets_bf16_channels_last_and_compile():
     plan = fast.choose("AVX512", SAPPHIRE_RAPIDS_FLAGS)
     assert plan.dtype == torch.bfloat16
     assert plan.channels_last and plan.sdpa and plan.compile
+    assert not plan.fast_convolutions  # AMX runs oneDNN's bf16 convolutions fast
 
 
 def test_zen3_gets_fp32_channels_last_never_bf16():
     plan = fast.choose("AVX2", ZEN3_FLAGS)
     assert plan.dtype == torch.float32
-    assert plan.channels_last and plan.sdpa
+    assert plan.channels_last and plan.sdpa and plan.fast_convolutions
     assert not plan.compile
+    assert "Winograd/GEMM" in plan.describe()
 
 
 def test_avx512_bf16_without_amx_gets_bf16_without_compile():
     plan = fast.choose("AVX512", ZEN4_FLAGS)
-    assert plan.dtype == torch.bfloat16 and not plan.compile
+    assert plan.dtype == torch.bfloat16 and not plan.compile and not plan.fast_convolutions
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "DEFAULT", "AVX2"])
 def test_avx512_without_bf16_is_fp32(capability):
-    assert fast.choose(capability, ["avx512f", "avx512bw", "avx2"]).dtype == torch.float32
+    plan = fast.choose(capability, ["avx512f", "avx512bw", "avx2"])
+    assert plan.dtype == torch.float32 and plan.fast_convolutions
 
 
 def test_choice_reads_the_capability_not_the_timing(monkeypatch):
@@ -125,6 +128,33 @@ def test_fast_mode_pictures_close_to_parity_and_round_trip(pipe, plan):
     assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
     assert all(p.is_contiguous() for _, m in fast._fast_models(pipe) for p in m.parameters())
     np.testing.assert_array_equal(picture(pipe), parity)  # parity mode exactly as before
+
+
+def test_fast_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
+    """The built-in model's convolutions are below the size thresholds; with them lowered, every 3x3
+    convolution of the UNet and the MoVQ runs through Winograd's transforms."""
+    from sfumato.nn import fast_conv
+
+    monkeypatch.setattr(fast_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(fast_conv, "MIN_WINOGRAD_PIXELS", 0)
+    monkeypatch.setattr(fast_conv, "MAX_GEMM_PIXELS", -1)
+    parity = picture(pipe)
+    before_weights = weights(pipe)
+    sfumato.optimize(pipe, FP32_PLAN)
+    converted = [m for _, model in fast._fast_models(pipe) for m in model.modules()
+                 if isinstance(m, fast_conv.FastConv2d)]
+    assert len(converted) > 10
+    calls = []
+    monkeypatch.setattr(fast_conv, "winograd_conv3x3",
+                        lambda *args, real=fast_conv.winograd_conv3x3: calls.append(1) or real(*args))
+    quick = picture(pipe)
+    assert calls and psnr(parity, quick) >= 30.0
+    fast.disable(pipe)
+    assert not any(isinstance(m, fast_conv.FastConv2d) for _, model in fast._fast_models(pipe)
+                   for m in model.modules())
+    after = weights(pipe)
+    assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
+    np.testing.assert_array_equal(picture(pipe), parity)
 
 
 def test_parity_mode_untouched_unless_enabled(pipe):

@@ -19,6 +19,14 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   attention), to keep its rounding;
 * attention through ``F.scaled_dot_product_attention`` (its fused flash kernel
   on CPU): already sfumato's default processor, so the plan only records it;
+* where the plan is fp32, the large 3x3 convolutions by Winograd F(4x4, 3x3)
+  on large maps and by one GEMM on the smallest (``sfumato.nn.fast_conv``):
+  without bf16 hardware, oneDNN's fp32 convolutions already run at 80-95% of
+  the FMA peak on large maps, so doing 4x fewer multiplications is what is left
+  (1.15-2.3x per convolution on Zen 3; the rounding of a plain fp32
+  convolution, ~1e-5 of the largest output), and on 8x8 maps they reach half
+  of it, where a GEMM does 1.8-2x better. bf16 plans keep oneDNN's
+  convolutions: AMX runs them fast, and bf16 would amplify the transforms' rounding;
 * ``torch.compile`` only on the CPUs where it was measured to pay (AMX:
   ~1.5x per UNet step after ~60-90 s of compilation, cached on disk by
   inductor's FX-graph cache); off elsewhere, because it costs start-up.
@@ -65,6 +73,8 @@ class Plan:
     channels_last: bool = True
     compile: bool = False
     sdpa: bool = True  # fused attention through F.scaled_dot_product_attention
+    # large 3x3 convolutions by Winograd F(4x4, 3x3) or one GEMM (sfumato.nn.fast_conv), for fp32 plans
+    fast_convolutions: bool = False
     # components that keep fp32 weights whatever ``dtype`` says: the prior's image embedding
     # steers the whole picture, and bf16 there cost 4-15 dB of PSNR on the built-in model
     # (bf16 in the UNet and MoVQ alone kept it above 44 dB), for ~15% of a default picture's time
@@ -75,6 +85,7 @@ class Plan:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
         parts = [name] + [label for on, label in ((self.channels_last, "channels_last"),
                                                   (self.sdpa, "SDPA attention"),
+                                                  (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
                                                   (self.compile, "torch.compile")) if on]
         return " + ".join(parts)
 
@@ -147,9 +158,13 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
             reasons += ("torch.compile: measured ~1.5x per UNet step on AMX, compiled once and cached",)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
-    return Plan(dtype=torch.float32, channels_last=True, compile=False,
+    return Plan(dtype=torch.float32, channels_last=True, compile=False, fast_convolutions=True,
                 reasons=(why_not, "channels_last: oneDNN's NHWC convolutions beat NCHW here too",
-                         "SDPA's fused CPU attention", "no torch.compile: not measured to pay back its start-up"))
+                         "SDPA's fused CPU attention",
+                         "Winograd F(4x4, 3x3) for 3x3 convolutions on large maps (fp32 convolutions already run near "
+                         "the FMA peak there, and it does 4x fewer multiplications: 1.15-2.3x per convolution on Zen "
+                         "3), one GEMM on the smallest (1.8-2x)",
+                         "no torch.compile: not measured to pay back its start-up"))
 
 
 def plan_for_this_cpu() -> Plan:
@@ -277,6 +292,7 @@ class _Undo:
     tensors: dict[str, torch.Tensor] | None  # fp32 weights and buffers, when they were cast and kept
     compiled: bool
     plan: Plan
+    fast_convolutions: bool = False  # its 3x3 convolutions became FastConv2d
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -327,6 +343,11 @@ def disable(pipe: Any) -> Any:
             model.__dict__.pop(method, None)
         if undo.compiled:
             model._compiled_call_impl = None
+        if undo.fast_convolutions:
+            from .nn.fast_conv import free_buffers, stop_fast_convolutions
+
+            stop_fast_convolutions(model)
+            free_buffers()
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -397,8 +418,13 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
     original_class = model.__class__
     if cast:
         model.__class__ = _with_fp32_interface(original_class)
+    fast_convolutions = False
+    if plan.fast_convolutions and plan.dtype == torch.float32:
+        from .nn.fast_conv import use_fast_convolutions
+
+        fast_convolutions = use_fast_convolutions(model) > 0
     compiled = False
     if plan.compile:
         model.compile(dynamic=False)
         compiled = True
-    model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan)
+    model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions)
