@@ -158,12 +158,15 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
             reasons += ("torch.compile: measured ~1.5x per UNet step on AMX, compiled once and cached",)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
-    return Plan(dtype=torch.float32, channels_last=True, compile=False, fast_convolutions=True,
+    # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
+    avx2 = capability.upper() == "AVX2"
+    convolutions = ("Winograd F(4x4, 3x3) for 3x3 convolutions on large maps (fp32 convolutions already run near "
+                    "the FMA peak there, and it does 4x fewer multiplications: 1.15-2.3x per convolution on Zen 3), "
+                    "one GEMM on the smallest (1.8-2x)" if avx2 else
+                    "oneDNN's convolutions: Winograd/GEMM convolutions were measured to pay on AVX2 only")
+    return Plan(dtype=torch.float32, channels_last=True, compile=False, fast_convolutions=avx2,
                 reasons=(why_not, "channels_last: oneDNN's NHWC convolutions beat NCHW here too",
-                         "SDPA's fused CPU attention",
-                         "Winograd F(4x4, 3x3) for 3x3 convolutions on large maps (fp32 convolutions already run near "
-                         "the FMA peak there, and it does 4x fewer multiplications: 1.15-2.3x per convolution on Zen "
-                         "3), one GEMM on the smallest (1.8-2x)",
+                         "SDPA's fused CPU attention", convolutions,
                          "no torch.compile: not measured to pay back its start-up"))
 
 

@@ -48,7 +48,8 @@ def _assert_same_outputs(reference, own):
 
 
 def _ids():
-    """Three prompts: padded after 6 and 10 tokens, and one without padding; start and end tokens as a tokenizer puts them."""
+    """Three prompts: padded after 6 and 10 tokens, and one without padding; start and end tokens where a
+    tokenizer puts them."""
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 48, (3, 16), generator=generator)
     ids[:, 0] = 48
@@ -181,7 +182,8 @@ def _assert_same_tokens(folder):
             else torch.equal(own(texts[0], **arguments).input_ids, reference(texts[0], **arguments).input_ids)
     for row in reference(texts, padding="longest", return_tensors="pt").input_ids:
         for skip in (True, False):
-            assert own.decode(row[2:12], skip_special_tokens=skip) == reference.decode(row[2:12], skip_special_tokens=skip)
+            expected = reference.decode(row[2:12], skip_special_tokens=skip)
+            assert own.decode(row[2:12], skip_special_tokens=skip) == expected
     for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "pad_token", "model_max_length"):
         assert getattr(own, name) == getattr(reference, name), name
     assert len(own) == len(reference)

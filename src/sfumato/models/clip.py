@@ -269,7 +269,8 @@ class CLIPVisionModel(_Tower):
                 return_dict: bool = True) -> Any:
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
         hidden_states, states = self.encoder(hidden_states)
-        output = EncoderOutput(last_hidden_state=hidden_states, pooler_output=self.post_layernorm(hidden_states[:, 0, :]),
+        output = EncoderOutput(last_hidden_state=hidden_states,
+                               pooler_output=self.post_layernorm(hidden_states[:, 0, :]),
                                hidden_states=tuple(states) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 

@@ -29,7 +29,8 @@ _SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_t
 _HARMLESS = {"add_prefix_space", "clean_up_tokenization_spaces", "errors", "do_lower_case", "backend",
              "tokenizer_class", "added_tokens_decoder", "model_max_length", "model_input_names", "name_or_path",
              "processor_class", "extra_special_tokens", "additional_special_tokens", "auto_map", "padding_side",
-             "truncation_side", "_commit_hash", "split_special_tokens", "is_local", "special_tokens_map_file"} | set(_SPECIAL)
+             "truncation_side", "_commit_hash", "split_special_tokens", "is_local",
+             "special_tokens_map_file"} | set(_SPECIAL)
 _FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -123,7 +124,8 @@ def load(folder: Path) -> CLIPTokenizer | None:
     """The ``CLIPTokenizer`` saved in ``folder``, or ``None`` where transformers should read it."""
     try:
         config = _json(folder / "tokenizer_config.json")
-        special_map = _json(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").is_file() else {}
+        map_file = folder / "special_tokens_map.json"
+        special_map = _json(map_file) if map_file.is_file() else {}
         vocab_merges = _vocab_and_merges(folder)
     except (OSError, ValueError, KeyError, TypeError):
         return None

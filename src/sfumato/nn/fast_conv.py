@@ -27,7 +27,8 @@ channels-last weights ("im2col"); it rounds as fp32 GEMMs do (~5e-7).
 Measured per convolution on a 2-core AMD EPYC (Zen 3, AVX2) against
 channels-last oneDNN, batch 2: Winograd 1.8x at 384 channels on 64x64, 2.3x
 at 768 on 32x32, 2.0x at 256 on 128x128 (batch 1), 1.15x at 128 on 256x256;
-GEMM 1.8x at 1536 channels on 8x8, 2.0x at 3072 -> 1536 on 8x8.
+GEMM 1.5-1.8x at 1536 channels on 8x8, 2.0x at 3072 -> 1536 on 8x8, 1.4x at
+1536 on 12x12.
 ``benchmarks/fast_cpu.py`` times whole models. The transforms read and write
 memory several times, so Winograd works in chunks of tile rows with buffers
 kept between calls (freshly allocated buffers of this size cost as much in
@@ -58,8 +59,9 @@ MIN_MULTIPLICATIONS = 100_000_000
 # pixels (batch x height x width) that costs more than the saved multiplications (1536 channels at 16x16,
 # batch 2: 1.1x; at 8x8: slower than the direct convolution)
 MIN_WINOGRAD_PIXELS = 1024
-# up to this many output pixels one GEMM beats oneDNN (1.8-2x at 8x8, batch 2; 0.7-1.2x at 16x16)
-MAX_GEMM_PIXELS = 256
+# up to this many output pixels one GEMM beats oneDNN (batch 2: 1.5-2x at 8x8, 1.4x at 12x12 = 288 pixels;
+# 0.7-1.2x at 16x16 = 512)
+MAX_GEMM_PIXELS = 320
 # the most this thread keeps in buffers between calls (one set per input shape)
 _MAX_BUFFER_BYTES = 2 * 2**30
 # bytes of one transformed chunk (tiles x 36 x channels, fp32) the work is split into
