@@ -26,6 +26,7 @@ SDPA, weights that do not match), and the caller loads transformers' class.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ..checkpoint.config import FrozenDict
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.weights import find_weights, read_state_dict, with_variant, write_state_dict
 from ..nn.embeddings import lookup_table
+from ..outputs import BaseOutput
 
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -60,22 +62,31 @@ _VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "projection_d
                     "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 
 
-class EncoderOutput(dict):
-    """transformers' model output as far as the pipelines read it: fields by name, attribute or position."""
+@dataclass
+class TowerOutput(BaseOutput):
+    """``CLIPTextModel`` / ``CLIPVisionModel``: every token's state and the pooled one (end token, class token)."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # the embeddings and every layer's output
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, (int, slice)):
-            return self.to_tuple()[key]
-        return super().__getitem__(key)
 
-    def to_tuple(self) -> tuple:
-        return tuple(value for value in self.values() if value is not None)
+@dataclass
+class TextEmbedsOutput(BaseOutput):
+    """``CLIPTextModelWithProjection``: the projected end token first, then the token states."""
+
+    text_embeds: torch.Tensor
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ImageEmbedsOutput(BaseOutput):
+    """``CLIPVisionModelWithProjection``: the projected class token first, then the patch states."""
+
+    image_embeds: torch.Tensor
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class CLIPAttention(nn.Module):
@@ -226,8 +237,8 @@ class CLIPTextModel(_Tower):
             ends = ids.argmax(dim=-1)
         else:
             ends = (ids == self.config.eos_token_id).int().argmax(dim=-1)
-        output = EncoderOutput(last_hidden_state=hidden_states, pooler_output=hidden_states[rows, ends],
-                               hidden_states=tuple(states) if output_hidden_states else None)
+        output = TowerOutput(last_hidden_state=hidden_states, pooler_output=hidden_states[rows, ends],
+                             hidden_states=tuple(states) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 
 
@@ -245,7 +256,8 @@ class CLIPTextModelWithProjection(_Tower):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool = True) -> Any:
         text = self.text_model(input_ids, attention_mask, output_hidden_states)
-        return _projected("text_embeds", self.text_projection(text.pooler_output), text, return_dict)
+        output = TextEmbedsOutput(self.text_projection(text.pooler_output), text.last_hidden_state, text.hidden_states)
+        return output if return_dict else output.to_tuple()
 
 
 class CLIPVisionModel(_Tower):
@@ -269,9 +281,8 @@ class CLIPVisionModel(_Tower):
                 return_dict: bool = True) -> Any:
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
         hidden_states, states = self.encoder(hidden_states)
-        output = EncoderOutput(last_hidden_state=hidden_states,
-                               pooler_output=self.post_layernorm(hidden_states[:, 0, :]),
-                               hidden_states=tuple(states) if output_hidden_states else None)
+        output = TowerOutput(last_hidden_state=hidden_states, pooler_output=self.post_layernorm(hidden_states[:, 0, :]),
+                             hidden_states=tuple(states) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 
 
@@ -289,14 +300,9 @@ class CLIPVisionModelWithProjection(_Tower):
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool = True) -> Any:
         vision = self.vision_model(pixel_values, output_hidden_states)
-        return _projected("image_embeds", self.visual_projection(vision.pooler_output), vision, return_dict)
-
-
-def _projected(name: str, embeds: torch.Tensor, tower: EncoderOutput, return_dict: bool) -> Any:
-    """A ...WithProjection output: the projected embedding first, then the tower's states."""
-    output = EncoderOutput({name: embeds, "last_hidden_state": tower.last_hidden_state,
-                            "hidden_states": tower.hidden_states})
-    return output if return_dict else output.to_tuple()
+        output = ImageEmbedsOutput(self.visual_projection(vision.pooler_output), vision.last_hidden_state,
+                                   vision.hidden_states)
+        return output if return_dict else output.to_tuple()
 
 
 class _TextEmbeddings(nn.Module):
@@ -392,4 +398,4 @@ def _weight_files(folder: Path, variant: str | None, use_safetensors: bool | Non
 
 
 __all__ = ["CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel", "CLIPVisionModelWithProjection",
-           "EncoderOutput", "load"]
+           "ImageEmbedsOutput", "TextEmbedsOutput", "TowerOutput", "load"]

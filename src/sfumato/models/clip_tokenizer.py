@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..outputs import BaseOutput
 
 # CLIP's word pattern: its special tokens, English contractions, runs of letters, single digits, other symbols
 _WORDS = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -34,14 +37,12 @@ _HARMLESS = {"add_prefix_space", "clean_up_tokenization_spaces", "errors", "do_l
 _FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-class Encoding(dict):
-    """transformers' ``BatchEncoding`` as far as the pipelines read it: ``input_ids``, ``attention_mask``."""
+@dataclass
+class Encoding(BaseOutput):
+    """transformers' ``BatchEncoding`` as far as the pipelines read it: by attribute or key."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    input_ids: Any
+    attention_mask: Any = None
 
 
 class CLIPTokenizer:
@@ -95,10 +96,7 @@ class CLIPTokenizer:
             ids, masks = torch.tensor(ids, dtype=torch.long), torch.tensor(masks, dtype=torch.long)
         elif single:
             ids, masks = ids[0], masks[0]
-        result = Encoding(input_ids=ids)
-        if return_attention_mask is not False:
-            result["attention_mask"] = masks
-        return result
+        return Encoding(input_ids=ids, attention_mask=None if return_attention_mask is False else masks)
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False, **_: Any) -> str:
         if isinstance(token_ids, torch.Tensor):

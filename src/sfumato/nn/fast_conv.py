@@ -77,27 +77,30 @@ def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> t
     more for a full-size Kandinsky 2.2 UNet), and making it costs a few percent of the convolution.
     """
     outputs, channels = weight.shape[:2]
-    g = torch.tensor(_G, dtype=torch.float64)
-    kron = torch.kron(g, g).to(dtype=weight.dtype, device=weight.device)
+    into_weights = _BUFFERS.transforms(weight)[0]
     if out is None:
         out = weight.new_empty(outputs, _SPAN * _SPAN, channels)
-    torch.matmul(kron, weight.detach().permute(0, 2, 3, 1).reshape(outputs, 9, channels), out=out)
+    torch.matmul(into_weights, weight.detach().permute(0, 2, 3, 1).reshape(outputs, 9, channels), out=out)
     return out
 
 
-def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """B^T x B^T (36 x 36, tile in -> transformed) and A^T x A^T (16 x 36, transformed -> 4x4 out)."""
-    b_t = torch.tensor(_B_T, dtype=torch.float64)
-    a_t = torch.tensor(_A_T, dtype=torch.float64)
-    return torch.kron(b_t, b_t).to(dtype=dtype, device=device), torch.kron(a_t, a_t).to(dtype=dtype, device=device)
-
-
 class _Buffers(threading.local):
-    """Per-thread buffers by shape: the padded input, the gathered tiles and the three products."""
+    """Per-thread buffers by shape (the padded input, the gathered tiles, the three products, the transformed
+    weights) and the transform matrices."""
 
     def __init__(self) -> None:
         self.by_shape: dict[tuple, torch.Tensor] = {}
-        self.transforms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._transforms: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def transforms(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """G x G (36 x 9, 3x3 weights -> transformed), B^T x B^T (36 x 36, 6x6 tile -> transformed) and
+        A^T x A^T (16 x 36, transformed -> 4x4 outputs), in ``like``'s dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._transforms:
+            self._transforms[key] = tuple(
+                torch.kron(m, m).to(dtype=like.dtype, device=like.device)
+                for m in (torch.tensor(rows, dtype=torch.float64) for rows in (_G, _B_T, _A_T)))
+        return self._transforms[key]
 
     def get(self, shape: tuple[int, ...], like: torch.Tensor, name: str, zeros: bool = False) -> torch.Tensor:
         key = (name, shape, like.dtype, like.device)
@@ -112,6 +115,17 @@ class _Buffers(threading.local):
 _BUFFERS = _Buffers()
 
 
+def _padded(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``x`` channels-last in a kept zero buffer of ``height`` x ``width`` pixels, one pixel in from the top left.
+
+    The borders stay zero between calls: only the inside is ever written.
+    """
+    batch, channels, rows, cols = x.shape
+    padded = _BUFFERS.get((batch, height, width, channels), x, "padded", zeros=True)
+    padded[:, 1:rows + 1, 1:cols + 1].copy_(x.permute(0, 2, 3, 1))
+    return padded
+
+
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.conv2d(x, w, bias, padding=1)`` for a 3x3 ``w`` given as ``transform_weight(w)``; channels-last output."""
     batch, channels, height, width = x.shape
@@ -120,13 +134,9 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     rows, cols = -(-height // TILE), -(-width // TILE)
     per_row = batch * cols * _SPAN * _SPAN * max(channels, outputs) * x.element_size()
     chunk = max(1, min(rows, _CHUNK_BYTES // per_row))
-    if (x.dtype, x.device) not in _BUFFERS.transforms:
-        _BUFFERS.transforms[x.dtype, x.device] = _transforms(x.dtype, x.device)
-    into_tiles, out_of_tiles = _BUFFERS.transforms[x.dtype, x.device]
+    _, into_tiles, out_of_tiles = _BUFFERS.transforms(x)
 
-    # zero borders stay zero: only the inside is written
-    padded = _BUFFERS.get((batch, rows * TILE + 2, cols * TILE + 2, channels), x, "padded", zeros=True)
-    padded[:, 1:height + 1, 1:width + 1].copy_(x.permute(0, 2, 3, 1))
+    padded = _padded(x, rows * TILE + 2, cols * TILE + 2)
     # (batch, H + 2, W + 2, C) seen as overlapping 6x6 tiles every 4 pixels: (batch, rows, cols, C, 6, 6)
     all_tiles = padded.unfold(1, _SPAN, TILE).unfold(2, _SPAN, TILE)
     out = x.new_empty(batch, height, width, outputs)
@@ -160,8 +170,7 @@ def gemm_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """``F.conv2d(x, weight, bias, padding=1)`` as one matrix product over the unfolded input; channels-last output."""
     batch, channels, height, width = x.shape
     outputs = weight.shape[0]
-    padded = _BUFFERS.get((batch, height + 2, width + 2, channels), x, "padded", zeros=True)
-    padded[:, 1:height + 1, 1:width + 1].copy_(x.permute(0, 2, 3, 1))
+    padded = _padded(x, height + 2, width + 2)
     # every pixel's 3x3 neighbourhood, rows (pixel) x columns (ky, kx, channel), as the channels-last weights are
     columns = _BUFFERS.get((batch * height * width, 9 * channels), x, "columns")
     neighbourhoods = padded.unfold(1, 3, 1).unfold(2, 3, 1)  # (batch, H, W, C, 3, 3)
