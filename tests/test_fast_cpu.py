@@ -27,19 +27,28 @@ def test_sapphire_rapids_gets_bf16_channels_last_and_compile():
     assert plan.dtype == torch.bfloat16
     assert plan.channels_last and plan.sdpa and plan.compile
     assert not plan.fast_convolutions  # AMX runs oneDNN's bf16 convolutions fast
+    assert not plan.int8_convolutions  # not measured there
 
 
 def test_zen3_gets_fp32_channels_last_never_bf16():
     plan = fast.choose("AVX2", ZEN3_FLAGS)
     assert plan.dtype == torch.float32
     assert plan.channels_last and plan.sdpa and plan.fast_convolutions
-    assert not plan.compile
+    assert not plan.compile and not plan.int8_convolutions  # no VNNI on Zen 3
     assert "Winograd/GEMM" in plan.describe()
 
 
-def test_avx512_bf16_without_amx_gets_bf16_without_compile():
+def test_avx512_bf16_with_vnni_without_amx_gets_bf16_and_int8_convolutions():
     plan = fast.choose("AVX512", ZEN4_FLAGS)
     assert plan.dtype == torch.bfloat16 and not plan.compile and not plan.fast_convolutions
+    assert plan.int8_convolutions and "int8 convolutions" in plan.describe()
+    without_vnni = fast.choose("AVX512", [flag for flag in ZEN4_FLAGS if flag != "avx512_vnni"])
+    assert without_vnni.dtype == torch.bfloat16 and not without_vnni.int8_convolutions
+
+
+def test_every_plan_keeps_freed_memory():
+    for capability, flags in (("AVX512", SAPPHIRE_RAPIDS_FLAGS), ("AVX2", ZEN3_FLAGS), ("AVX512", ZEN4_FLAGS)):
+        assert fast.choose(capability, flags).keep_freed_memory
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "DEFAULT", "AVX2"])
@@ -47,6 +56,7 @@ def test_avx512_without_bf16_is_fp32(capability):
     plan = fast.choose(capability, ["avx512f", "avx512bw", "avx2"])
     assert plan.dtype == torch.float32
     assert plan.fast_convolutions == (capability == "AVX2")  # measured to pay there; oneDNN's elsewhere
+    assert not plan.int8_convolutions
 
 
 def test_choice_reads_the_capability_not_the_timing(monkeypatch):
@@ -156,6 +166,71 @@ def test_fast_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     after = weights(pipe)
     assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
     np.testing.assert_array_equal(picture(pipe), parity)
+
+
+INT8_PLAN = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, int8_convolutions=True)
+
+
+def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
+    """The built-in model's convolutions are below the size threshold; with it lowered, every convolution
+    of 32+ channels each way in the UNet and the MoVQ runs in int8."""
+    from sfumato.nn import int8_conv
+
+    if not int8_conv.available():
+        pytest.skip("no oneDNN int8 convolution in this build")
+    monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    parity = picture(pipe)
+    before_weights = weights(pipe)
+    bf16 = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False)
+    sfumato.optimize(pipe, bf16)
+    without_int8 = picture(pipe)
+    fast.disable(pipe)
+    sfumato.optimize(pipe, INT8_PLAN)
+    converted = [m for _, model in fast._fast_models(pipe) for m in model.modules()
+                 if isinstance(m, int8_conv.Int8Conv2d)]
+    assert len(converted) > 40
+    calls = []
+    monkeypatch.setattr(torch.ops.onednn, "qconv2d_pointwise",
+                        lambda *args, real=torch.ops.onednn.qconv2d_pointwise: calls.append(1) or real(*args))
+    quick = picture(pipe)
+    assert len(calls) > 20 * 12  # the UNet's int8 convolutions ran at every step, and the MoVQ's
+    assert psnr(parity, quick) >= 30.0 and not np.array_equal(quick, without_int8)
+    fast.disable(pipe)
+    assert not any(isinstance(m, int8_conv.Int8Conv2d) for _, model in fast._fast_models(pipe)
+                   for m in model.modules())
+    after = weights(pipe)
+    assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
+    np.testing.assert_array_equal(picture(pipe), parity)
+
+
+def test_freed_memory_is_kept_while_a_model_is_fast_and_given_back_after(monkeypatch):
+    applied = []
+    monkeypatch.setattr(fast.FREED_MEMORY, "_apply", lambda values: applied.append(dict(values)) or True)
+    monkeypatch.setattr(fast.FREED_MEMORY, "claims", 0)
+    first = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8)
+    second = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8)
+    sfumato.optimize(first, FP32_PLAN)
+    sfumato.optimize(second, FP32_PLAN)
+    assert applied == [fast._FreedMemory._KEPT] and fast.FREED_MEMORY.claims == 2
+    fast.disable(first)
+    assert len(applied) == 1  # the second model still runs fast
+    fast.disable(second)
+    assert applied[-1] == fast._FreedMemory._DEFAULTS and fast.FREED_MEMORY.claims == 0
+    no_keeping = fast.Plan(keep_freed_memory=False)
+    sfumato.optimize(first, no_keeping)
+    fast.disable(first)
+    assert len(applied) == 2
+
+
+def test_freed_memory_really_set_on_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    claims = fast.FREED_MEMORY.claims
+    assert fast.FREED_MEMORY.keep()
+    fast.FREED_MEMORY.release()
+    assert fast.FREED_MEMORY.claims == claims
 
 
 def test_parity_mode_untouched_unless_enabled(pipe):

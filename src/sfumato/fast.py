@@ -27,6 +27,14 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   convolution, ~1e-5 of the largest output), and on 8x8 maps they reach half
   of it, where a GEMM does 1.8-2x better. bf16 plans keep oneDNN's
   convolutions: AMX runs them fast, and bf16 would amplify the transforms' rounding;
+* where the CPU has fast int8 dot products (AVX-512 VNNI; measured on Zen 4,
+  which also has AVX-512 BF16), the convolutions in int8 (``sfumato.nn.int8_conv``):
+  oneDNN's int8 convolutions run at 1.9x its bf16 ones there. Inputs are
+  quantized per call over their own range (nothing calibrated); a call whose
+  range is stretched by outliers runs in bf16 instead;
+* freed memory kept in the process (glibc): large activations otherwise come
+  back from the OS page by page at every call (7-10% of a UNet step or a MoVQ
+  decode on Zen 4);
 * ``torch.compile`` only on the CPUs where it was measured to pay (AMX:
   ~1.5x per UNet step after ~60-90 s of compilation, cached on disk by
   inductor's FX-graph cache); off elsewhere, because it costs start-up.
@@ -75,6 +83,11 @@ class Plan:
     sdpa: bool = True  # fused attention through F.scaled_dot_product_attention
     # large 3x3 convolutions by Winograd F(4x4, 3x3) or one GEMM (sfumato.nn.fast_conv), for fp32 plans
     fast_convolutions: bool = False
+    # convolutions in int8 with inputs quantized per call (sfumato.nn.int8_conv), where the CPU has VNNI
+    int8_convolutions: bool = False
+    # freed memory kept in the process for reuse (glibc: no mmap for large blocks, no trimming): a
+    # full-size model's large activations otherwise come back from the OS page by page, at every call
+    keep_freed_memory: bool = True
     # components that keep fp32 weights whatever ``dtype`` says: the prior's image embedding
     # steers the whole picture, and bf16 there cost 4-15 dB of PSNR on the built-in model
     # (bf16 in the UNet and MoVQ alone kept it above 44 dB), for ~15% of a default picture's time
@@ -86,6 +99,7 @@ class Plan:
         parts = [name] + [label for on, label in ((self.channels_last, "channels_last"),
                                                   (self.sdpa, "SDPA attention"),
                                                   (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
+                                                  (self.int8_convolutions, "int8 convolutions"),
                                                   (self.compile, "torch.compile")) if on]
         return " + ".join(parts)
 
@@ -153,10 +167,17 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
         amx = "amx_bf16" in flags or capability.upper() == "AMX"
         reasons = ("native bf16 (" + ("AMX" if amx else "AVX-512 BF16") + "): bf16 weights and activations",
                    "channels_last: oneDNN's NHWC kernels are its fastest",
-                   "SDPA's fused CPU attention")
+                   "SDPA's fused CPU attention",
+                   "freed memory kept for reuse: no page faults on large activations")
         if amx:
-            reasons += ("torch.compile: measured ~1.5x per UNet step on AMX, compiled once and cached",)
-        return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, reasons=reasons)
+            reasons += ("torch.compile: measured ~1.5x per UNet step on AMX, compiled once and cached",
+                        "no int8 convolutions: not measured on AMX")
+        # measured on AVX-512 BF16 + VNNI without AMX (Zen 4): oneDNN's int8 convolutions run at 1.9x its bf16
+        int8 = not amx and "avx512_vnni" in flags
+        if int8:
+            reasons += ("int8 convolutions (VNNI: 1.9x bf16's rate), inputs quantized per call, bf16 where "
+                        "outliers would make int8 coarse",)
+        return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
     # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
     avx2 = capability.upper() == "AVX2"
@@ -167,6 +188,7 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
     return Plan(dtype=torch.float32, channels_last=True, compile=False, fast_convolutions=avx2,
                 reasons=(why_not, "channels_last: oneDNN's NHWC convolutions beat NCHW here too",
                          "SDPA's fused CPU attention", convolutions,
+                         "freed memory kept for reuse: no page faults on large activations",
                          "no torch.compile: not measured to pay back its start-up"))
 
 
@@ -203,6 +225,66 @@ def warn_if_slow_dtype(dtype: Any, capability: str | None = None, flags: Iterabl
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
     return message is not None
+
+
+# --------------------------------------------------------------------------- the allocator
+
+
+class _FreedMemory:
+    """Keeps freed memory in the process while any model is in the fast mode (glibc only).
+
+    PyTorch's CPU tensors come from malloc; glibc serves blocks over its mmap threshold (32 MB at most)
+    with fresh mappings, and gives freed memory at the top of the heap back to the OS. A full-size UNet
+    step or MoVQ decode allocates and frees hundreds of such tensors, and each new one is faulted in
+    page by page: on a 2-core Zen 4, 300 000-440 000 page faults per UNet step / MoVQ decode at 512 px,
+    7-10% of their time. With mmap off (large blocks come from the heap; a thread's arena that cannot
+    hold one falls back to the main heap) and trimming off, the pages stay mapped and are reused: 0 faults.
+    The cost: the process keeps its peak memory until it exits, or until the last fast model is
+    disabled (glibc's defaults come back; memory is returned at the next trim).
+    """
+
+    _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+    _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+    _KEPT = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self._mallopt: Any = None
+
+    def _setter(self) -> Any:
+        if self._mallopt is None:
+            import ctypes
+            import platform
+
+            self._mallopt = False
+            if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+                try:
+                    mallopt = ctypes.CDLL(None).mallopt
+                    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+                    self._mallopt = mallopt
+                except (OSError, AttributeError):
+                    pass
+        return self._mallopt
+
+    def _apply(self, values: dict[int, int]) -> bool:
+        mallopt = self._setter()
+        return bool(mallopt) and all(mallopt(option, value) == 1 for option, value in values.items())
+
+    def keep(self) -> bool:
+        """Claim: freed memory stays in the process. False where this cannot be done (not glibc)."""
+        if self.claims == 0 and not self._apply(self._KEPT):
+            return False
+        self.claims += 1
+        return True
+
+    def release(self) -> None:
+        """Give back one claim; with the last, glibc's defaults again."""
+        self.claims = max(0, self.claims - 1)
+        if self.claims == 0:
+            self._apply(self._DEFAULTS)
+
+
+FREED_MEMORY = _FreedMemory()
 
 
 # --------------------------------------------------------------------------- applying a plan
@@ -296,6 +378,8 @@ class _Undo:
     compiled: bool
     plan: Plan
     fast_convolutions: bool = False  # its 3x3 convolutions became FastConv2d
+    int8_convolutions: bool = False  # its convolutions became Int8Conv2d
+    kept_memory: bool = False  # it holds a claim on _FreedMemory
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -351,6 +435,12 @@ def disable(pipe: Any) -> Any:
 
             stop_fast_convolutions(model)
             free_buffers()
+        if undo.int8_convolutions:
+            from .nn.int8_conv import stop_int8_convolutions
+
+            stop_int8_convolutions(model)
+        if undo.kept_memory:
+            FREED_MEMORY.release()
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -404,6 +494,12 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
                     type(model).__name__, current, plan.dtype)
         warn_if_slow_dtype(current)
         plan = dataclasses.replace(plan, dtype=current)
+    int8_convolutions = False
+    if plan.int8_convolutions:
+        from .nn.int8_conv import use_int8_convolutions
+
+        # quantized from the fp32 weights, before any cast rounds them
+        int8_convolutions = use_int8_convolutions(model) > 0
     if cast:
         if keep_fp32:
             kept = {key: tensor.data for key, tensor in _tensors(model)}
@@ -426,8 +522,10 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         from .nn.fast_conv import use_fast_convolutions
 
         fast_convolutions = use_fast_convolutions(model) > 0
+    kept_memory = plan.keep_freed_memory and FREED_MEMORY.keep()
     compiled = False
     if plan.compile:
         model.compile(dynamic=False)
         compiled = True
-    model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions)
+    model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
+                                     int8_convolutions, kept_memory)

@@ -1,0 +1,154 @@
+"""The fast CPU mode's int8 convolutions, for CPUs with fast int8 dot products (VNNI).
+
+With AVX-512 VNNI one instruction does 64 int8 multiply-adds where AVX-512
+BF16 does 32 bf16 ones, and oneDNN's int8 convolutions run at that rate: on a
+2-core AMD EPYC (Zen 4) its bf16 convolutions reach 460 GFLOP/s, its int8
+ones 870-880 (1.9x), on every UNet and MoVQ shape measured.
+
+An :class:`Int8Conv2d` is an ``nn.Conv2d`` (same parameters, same state
+dict) that keeps, next to its weights, an int8 copy packed for oneDNN: one
+scale per output channel, symmetric (``w ~ scale_o * q``, ``|q| <= 127``).
+At every call its input is quantized to uint8 with one scale and zero point
+for the whole tensor, taken from that tensor's own minimum and maximum
+(dynamic quantization: nothing is calibrated, so nothing depends on the
+pictures a calibration saw), and the convolution accumulates the int8
+products in int32 and returns the input's dtype (bf16 or fp32) with the bias
+added. Rounding: ~1% of the output's size per convolution on Gaussian inputs,
+about four times bf16's; ``benchmarks/int8_quality.py`` measures what that does
+to pictures.
+
+Quantizing costs a few passes over the input (~0.3 ms per million values), so
+small convolutions, and those with few channels (a model's first and last),
+stay as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# fewer multiply-adds than this: the quantization passes cost more than the int8 products save
+MIN_MULTIPLICATIONS = 50_000_000
+# fewer channels than this on either side (a model's first and last convolutions): not quantized
+MIN_CHANNELS = 32
+# the most rounding error (RMS, relative to the input's RMS) a convolution's quantized input may have;
+# above it (a range stretched by outliers) that call runs the plain convolution. The built-in model's
+# convolutions see 0.7-3.2%; random full-size weights reach 20% on the MoVQ's largest maps
+MAX_INPUT_ERROR = 0.04
+_UINT8_MAX = 255
+_INT8_MAX = 127
+
+
+def available() -> bool:
+    """True when this PyTorch build has oneDNN's int8 convolution."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def qualifies(conv: nn.Module) -> bool:
+    """A plain convolution (groups 1, zero padding) with at least ``MIN_CHANNELS`` channels each way."""
+    return (type(conv) in (nn.Conv2d, Int8Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(C_out, C_in, kh, kw)`` float -> (int8 weights, fp32 scale per output channel), symmetric."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=(1, 2, 3)).clamp(min=torch.finfo(torch.float32).tiny) / _INT8_MAX
+    quantized = torch.round(weight / scale[:, None, None, None]).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+    return quantized, scale
+
+
+def quantize_input(x: torch.Tensor, max_error: float | None = None) -> tuple[torch.Tensor, float, int] | None:
+    """``x`` (float, 4-d, contiguous or channels-last) -> (uint8 in the same layout, scale, zero point).
+
+    Scale and zero point span the tensor's own range, which always holds 0 (zero padding stays exact);
+    values round to nearest. With ``max_error``, returns None instead when the rounding would cost more
+    than that relative to the input's RMS (one step over sqrt(12): a range set by a few outliers makes
+    the step coarse for everything else). Every pass runs over the memory as it lies, as one flat
+    vector: the same element-wise operations over a channels-last tensor's logical order run 5-30x slower.
+    """
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    flat = (x.permute(0, 2, 3, 1) if channels_last else x.contiguous()).reshape(-1)
+    low, high = torch.aminmax(flat)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = (high - low) / _UINT8_MAX
+    if not 0 < scale < float("inf"):  # all zeros (or not finite: the convolution's output will say so)
+        scale = 1.0
+    if max_error is not None:
+        rms = float(torch.linalg.vector_norm(flat)) / flat.numel() ** 0.5  # accumulated in fp32
+        if not scale / 12 ** 0.5 <= max_error * rms:
+            return None
+    zero_point = min(_UINT8_MAX, max(0, round(-low / scale)))
+    # round(x / s) + z as + 0.5 and truncation (the values are >= 0 by then); in fp32, a copy of ours
+    values = flat.float() if flat.dtype != torch.float32 else flat.clone()
+    values.mul_(1.0 / scale).add_(zero_point + 0.5).clamp_(0, _UINT8_MAX + 0.49)
+    quantized = values.to(torch.uint8)
+    if channels_last:
+        batch, channels, height, width = x.shape
+        return quantized.view(batch, height, width, channels).permute(0, 3, 1, 2), scale, zero_point
+    return quantized.view(x.shape), scale, zero_point
+
+
+class Int8Conv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose CPU inference quantizes its input to uint8 and runs oneDNN's int8 convolution
+    with weights quantized per output channel; training, other devices and small work run the plain one.
+
+    :meth:`prepare` makes the packed int8 weights (``use_int8_convolutions`` calls it); the fp32 or bf16
+    weights stay, so the state dict and :func:`stop_int8_convolutions` are unchanged.
+    """
+
+    _int8: tuple | None = None
+
+    def prepare(self) -> None:
+        quantized, scale = quantize_weight(self.weight)
+        packed = torch.ops.onednn.qconv_prepack(quantized, scale, 1.0, 0, list(self.stride), list(self.padding),
+                                                list(self.dilation), self.groups, None)
+        bias = None if self.bias is None else self.bias.detach().float()
+        self._int8 = (packed, scale, torch.zeros(self.out_channels, dtype=torch.int64), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._int8 is None or x.dim() != 4 or x.device.type != "cpu"
+                or x.dtype not in (torch.float32, torch.bfloat16)
+                or torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return super().forward(x)
+        batch, _, height, width = x.shape
+        kh, kw = self.kernel_size
+        multiplications = batch * height * width * self.in_channels * self.out_channels * kh * kw
+        if multiplications < MIN_MULTIPLICATIONS * self.stride[0] * self.stride[1]:
+            return super().forward(x)
+        quantized = quantize_input(x, MAX_INPUT_ERROR)
+        if quantized is None:  # a few outliers set the range: too coarse for the rest
+            return super().forward(x)
+        quantized, scale, zero_point = quantized
+        packed, weight_scale, weight_zero, bias = self._int8
+        return torch.ops.onednn.qconv2d_pointwise(
+            quantized, scale, zero_point, packed, weight_scale, weight_zero, bias, list(self.stride),
+            list(self.padding), list(self.dilation), self.groups, 1.0, 0, x.dtype, "none", [], "")
+
+
+def use_int8_convolutions(model: nn.Module) -> int:
+    """Turn every qualifying ``nn.Conv2d`` of ``model`` into a prepared :class:`Int8Conv2d`; returns how many."""
+    if not available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Conv2d and qualifies(module):
+            module.__class__ = Int8Conv2d
+            module.prepare()
+            count += 1
+    return count
+
+
+def stop_int8_convolutions(model: nn.Module) -> None:
+    """Undo :func:`use_int8_convolutions`: plain convolutions again, the packed weights dropped."""
+    for module in model.modules():
+        if type(module) is Int8Conv2d:
+            module.__dict__.pop("_int8", None)
+            module.__class__ = nn.Conv2d
+
+
+__all__ = ["Int8Conv2d", "available", "qualifies", "quantize_input", "quantize_weight", "stop_int8_convolutions",
+           "use_int8_convolutions"]
