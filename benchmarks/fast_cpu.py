@@ -16,7 +16,10 @@ picture), the prior step (CFG batch 2), and with ``--768`` the UNet step at
 768 px. Weights are random (the configurations are the real ones), and every
 set-up runs the very same tensors; each is switched to and called once untimed
 before its timed call (later steps of a picture, not its first). Ratios < 1 mean
-sfumato is faster. Each
+sfumato is faster. Once sfumato's fast mode has run, the process keeps freed memory
+(``sfumato.allocator``: no page faults on large activations), and so do the
+reference's later calls: the ratios compare the computations, and
+``--mechanisms`` shows what keeping memory is worth on its own. Each
 run's process CPU time is reported next to its wall time: on a machine shared
 with other work, wall times swing by tens of percent, CPU times much less
 (run with OMP_WAIT_POLICY=PASSIVE so that spinning threads don't count).
@@ -27,11 +30,17 @@ A full-size UNet step is ~20 s in fp32 on a 2-core Zen 3, so the defaults
 keep the run to ~10 minutes there. ``--txt2img`` adds an estimate of the
 default 512 px text-to-image (25 prior steps, 100 decoder steps, one decode)
 from the parts' times; it leaves out start-up and the text/image encoders.
+``--mechanisms`` instead times sfumato alone with the plan's mechanisms added
+one at a time (fp32 + channels-last, then the plan's dtype, then freed memory
+kept, then Winograd/GEMM or int8 convolutions), for the UNet step and the
+MoVQ decode at 512 px: what each contributes on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import resource
 import sys
 import time
 from pathlib import Path
@@ -217,6 +226,59 @@ def bench_prior(plan, args, peak: dict) -> dict:
 # --------------------------------------------------------------------------- main
 
 
+def mechanisms(plan: fast.Plan, repeats: int) -> None:
+    """sfumato's UNet step and MoVQ decode under the plan's mechanisms, added one at a time."""
+    import diffusers
+
+    import sfumato
+
+    steps = [("parity (fp32)", None)]
+    current = fast.Plan(dtype=torch.float32, channels_last=True, keep_freed_memory=False)
+    steps.append(("fp32 + channels_last + SDPA", current))
+    if plan.dtype != torch.float32:
+        current = dataclasses.replace(current, dtype=plan.dtype)
+        steps.append((f"+ {plan.describe().split(' + ')[0]}", current))
+    if plan.keep_freed_memory:
+        current = dataclasses.replace(current, keep_freed_memory=True)
+        steps.append(("+ freed memory kept", current))
+    for flag, label in (("fast_convolutions", "+ Winograd/GEMM convolutions"), ("int8_convolutions", "+ int8 convolutions"),
+                        ("compile", "+ torch.compile")):
+        if getattr(plan, flag):
+            current = dataclasses.replace(current, **{flag: True})
+            steps.append((label, current))
+    generator = torch.Generator().manual_seed(0)
+    sample, embeds = torch.randn(2, 4, 64, 64, generator=generator), torch.randn(2, 1280, generator=generator)
+    latents = torch.randn(1, 4, 64, 64, generator=generator)
+    parts = (("unet step 512px b2", diffusers.UNet2DConditionModel, sfumato.UNet2DConditionModel, UNET_CONFIG,
+              lambda model: model(sample, torch.tensor(500), encoder_hidden_states=None,
+                                  added_cond_kwargs={"image_embeds": embeds}).sample),
+             ("movq decode 512px b1", diffusers.VQModel, sfumato.VQModel, MOVQ_CONFIG,
+              lambda model: model.decode(latents, force_not_quantize=True).sample))
+    for name, reference_class, ours_class, config, call in parts:
+        reference, ours = pair(reference_class, ours_class, config, torch.float32)
+        del reference
+        previous = None
+        with torch.inference_mode():
+            for label, step_plan in steps:
+                if step_plan is not None:
+                    fast.optimize(ours, step_plan)
+                call(ours)  # untimed: buffers, packed weights, compilation
+                times = []
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    call(ours)
+                    times.append(time.perf_counter() - start)
+                faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // repeats
+                best = min(times)
+                change = "" if previous is None else f"  x{previous / best:.2f} over the line above"
+                print(f"  {name:<22} {label:<34} {best:7.2f} s {faults:8d} page faults per call{change}", flush=True)
+                previous = best
+                if step_plan is not None:
+                    fast.disable(ours)
+        del ours
+
+
 def gemm_rates(bf16: bool) -> dict[str, float]:
     """FLOP/s of one large matrix product in fp32 (and bf16 where the CPU has it natively): what this CPU
     reaches in practice, without guessing its vector width or clock (Zen 4 runs AVX-512 on 256-bit units)."""
@@ -252,6 +314,8 @@ def main():
     parser.add_argument("--768", dest="size_768", action="store_true", help="also the UNet step at 768 px")
     parser.add_argument("--txt2img", action="store_true", help="estimate the default 512 px text-to-image")
     parser.add_argument("--compile", action="store_true", help="compile the reference's best set-up (slow start)")
+    parser.add_argument("--mechanisms", action="store_true",
+                        help="sfumato alone: the plan's mechanisms added one at a time, UNet step and MoVQ decode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
@@ -275,6 +339,9 @@ def main():
     else:
         print("reference best = bf16 + channels_last" + (" + torch.compile" if args.compile else ""))
 
+    if args.mechanisms:
+        mechanisms(plan, args.repeats)
+        return
     rows = {}
     parts = args.parts.split(",")
     if "prior" in parts:

@@ -203,34 +203,19 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     np.testing.assert_array_equal(picture(pipe), parity)
 
 
-def test_freed_memory_is_kept_while_a_model_is_fast_and_given_back_after(monkeypatch):
-    applied = []
-    monkeypatch.setattr(fast.FREED_MEMORY, "_apply", lambda values: applied.append(dict(values)) or True)
-    monkeypatch.setattr(fast.FREED_MEMORY, "claims", 0)
-    first = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8)
-    second = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8)
-    sfumato.optimize(first, FP32_PLAN)
-    sfumato.optimize(second, FP32_PLAN)
-    assert applied == [fast._FreedMemory._KEPT] and fast.FREED_MEMORY.claims == 2
-    fast.disable(first)
-    assert len(applied) == 1  # the second model still runs fast
-    fast.disable(second)
-    assert applied[-1] == fast._FreedMemory._DEFAULTS and fast.FREED_MEMORY.claims == 0
-    no_keeping = fast.Plan(keep_freed_memory=False)
-    sfumato.optimize(first, no_keeping)
-    fast.disable(first)
-    assert len(applied) == 2
+def test_fast_mode_keeps_freed_memory_when_its_plan_says_so(monkeypatch):
+    from sfumato import allocator
 
-
-def test_freed_memory_really_set_on_glibc():
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's mallopt only")
-    claims = fast.FREED_MEMORY.claims
-    assert fast.FREED_MEMORY.keep()
-    fast.FREED_MEMORY.release()
-    assert fast.FREED_MEMORY.claims == claims
+    calls = []
+    monkeypatch.setattr(fast, "keep_freed_memory", lambda: calls.append(1) or True)
+    model = sfumato.VQModel(block_out_channels=(32,), latent_channels=4, norm_num_groups=8)
+    sfumato.optimize(model, fast.Plan(keep_freed_memory=False))
+    fast.disable(model)
+    assert calls == []
+    sfumato.optimize(model, FP32_PLAN)
+    fast.disable(model)
+    assert calls == [1]
+    assert fast.keep_freed_memory is not allocator.keep_freed_memory  # the patch took
 
 
 def test_parity_mode_untouched_unless_enabled(pipe):

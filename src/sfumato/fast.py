@@ -32,9 +32,9 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   oneDNN's int8 convolutions run at 1.9x its bf16 ones there. Inputs are
   quantized per call over their own range (nothing calibrated); a call whose
   range is stretched by outliers runs in bf16 instead;
-* freed memory kept in the process (glibc): large activations otherwise come
-  back from the OS page by page at every call (7-10% of a UNet step or a MoVQ
-  decode on Zen 4);
+* freed memory kept in the process (``sfumato.allocator``, glibc; the
+  generation body does it for every picture, in the parity mode too): large
+  activations otherwise come back from the OS page by page at every call;
 * ``torch.compile`` only on the CPUs where it was measured to pay (AMX:
   ~1.5x per UNet step after ~60-90 s of compilation, cached on disk by
   inductor's FX-graph cache); off elsewhere, because it costs start-up.
@@ -58,6 +58,8 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+from .allocator import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,8 @@ class Plan:
     fast_convolutions: bool = False
     # convolutions in int8 with inputs quantized per call (sfumato.nn.int8_conv), where the CPU has VNNI
     int8_convolutions: bool = False
-    # freed memory kept in the process for reuse (glibc: no mmap for large blocks, no trimming): a
-    # full-size model's large activations otherwise come back from the OS page by page, at every call
+    # freed memory kept in the process for reuse (sfumato.allocator; the generation body does it too):
+    # a full-size model's large activations otherwise come back from the OS page by page, at every call
     keep_freed_memory: bool = True
     # components that keep fp32 weights whatever ``dtype`` says: the prior's image embedding
     # steers the whole picture, and bf16 there cost 4-15 dB of PSNR on the built-in model
@@ -227,66 +229,6 @@ def warn_if_slow_dtype(dtype: Any, capability: str | None = None, flags: Iterabl
     return message is not None
 
 
-# --------------------------------------------------------------------------- the allocator
-
-
-class _FreedMemory:
-    """Keeps freed memory in the process while any model is in the fast mode (glibc only).
-
-    PyTorch's CPU tensors come from malloc; glibc serves blocks over its mmap threshold (32 MB at most)
-    with fresh mappings, and gives freed memory at the top of the heap back to the OS. A full-size UNet
-    step or MoVQ decode allocates and frees hundreds of such tensors, and each new one is faulted in
-    page by page: on a 2-core Zen 4, 300 000-440 000 page faults per UNet step / MoVQ decode at 512 px,
-    7-10% of their time. With mmap off (large blocks come from the heap; a thread's arena that cannot
-    hold one falls back to the main heap) and trimming off, the pages stay mapped and are reused: 0 faults.
-    The cost: the process keeps its peak memory until it exits, or until the last fast model is
-    disabled (glibc's defaults come back; memory is returned at the next trim).
-    """
-
-    _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-    _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-    _KEPT = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
-
-    def __init__(self) -> None:
-        self.claims = 0
-        self._mallopt: Any = None
-
-    def _setter(self) -> Any:
-        if self._mallopt is None:
-            import ctypes
-            import platform
-
-            self._mallopt = False
-            if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-                try:
-                    mallopt = ctypes.CDLL(None).mallopt
-                    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-                    self._mallopt = mallopt
-                except (OSError, AttributeError):
-                    pass
-        return self._mallopt
-
-    def _apply(self, values: dict[int, int]) -> bool:
-        mallopt = self._setter()
-        return bool(mallopt) and all(mallopt(option, value) == 1 for option, value in values.items())
-
-    def keep(self) -> bool:
-        """Claim: freed memory stays in the process. False where this cannot be done (not glibc)."""
-        if self.claims == 0 and not self._apply(self._KEPT):
-            return False
-        self.claims += 1
-        return True
-
-    def release(self) -> None:
-        """Give back one claim; with the last, glibc's defaults again."""
-        self.claims = max(0, self.claims - 1)
-        if self.claims == 0:
-            self._apply(self._DEFAULTS)
-
-
-FREED_MEMORY = _FreedMemory()
-
-
 # --------------------------------------------------------------------------- applying a plan
 
 
@@ -379,7 +321,6 @@ class _Undo:
     plan: Plan
     fast_convolutions: bool = False  # its 3x3 convolutions became FastConv2d
     int8_convolutions: bool = False  # its convolutions became Int8Conv2d
-    kept_memory: bool = False  # it holds a claim on _FreedMemory
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -439,8 +380,6 @@ def disable(pipe: Any) -> Any:
             from .nn.int8_conv import stop_int8_convolutions
 
             stop_int8_convolutions(model)
-        if undo.kept_memory:
-            FREED_MEMORY.release()
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -522,10 +461,11 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         from .nn.fast_conv import use_fast_convolutions
 
         fast_convolutions = use_fast_convolutions(model) > 0
-    kept_memory = plan.keep_freed_memory and FREED_MEMORY.keep()
+    if plan.keep_freed_memory:
+        keep_freed_memory()
     compiled = False
     if plan.compile:
         model.compile(dynamic=False)
         compiled = True
     model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
-                                     int8_convolutions, kept_memory)
+                                     int8_convolutions)

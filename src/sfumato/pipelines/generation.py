@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .. import limits
+from ..allocator import keep_freed_memory
 from ..image.processor import OUTPUT_TYPES
 from . import checks
 from .base import DiffusionPipeline, ImagePipelineOutput
@@ -200,7 +201,8 @@ class GenerationPipeline(DiffusionPipeline):
         if self._checking_only:
             return None
 
-        # 2. condition
+        # 2. condition (the same large activations come and go at every step: keep freed memory for reuse)
+        keep_freed_memory()
         self._guidance_scale = request.guidance_scale
         guided = self.do_classifier_free_guidance
         tensors = self.condition(conditioning, request, guided)
