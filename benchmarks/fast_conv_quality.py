@@ -28,11 +28,6 @@ from sfumato.demo import builtin_model, evaluate, generation_defaults
 from sfumato.nn import fast_conv
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=270)
@@ -68,7 +63,7 @@ def main() -> None:
     for name, images in (("parity", parity), ("fast + Winograd", quick)):
         print(f"--- {name}")
         print(evaluate.format_table(evaluate.evaluate(images, captions)))
-    scores = [psnr(np.asarray(a), np.asarray(b)) for a, b in zip(parity, quick)]
+    scores = [evaluate.psnr(a, b) for a, b in zip(parity, quick)]
     finite = [s for s in scores if np.isfinite(s)]
     print(f"PSNR fast vs parity: mean {np.mean(finite) if finite else float('inf'):.1f} dB, "
           f"worst {min(scores):.1f} dB, identical pictures {len(scores) - len(finite)}/{len(scores)}")

@@ -31,11 +31,6 @@ from sfumato.demo import builtin_model, evaluate, generation_defaults
 from sfumato.nn import int8_conv
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=270)
@@ -76,7 +71,7 @@ def main() -> None:
         print(f"--- {name}")
         print(evaluate.format_table(evaluate.evaluate(images, captions)))
         if name != "parity":
-            scores = [psnr(np.asarray(a), np.asarray(b)) for a, b in zip(runs["parity"], images)]
+            scores = [evaluate.psnr(a, b) for a, b in zip(runs["parity"], images)]
             finite = [s for s in scores if np.isfinite(s)]
             print(f"PSNR vs parity: mean {np.mean(finite) if finite else float('inf'):.1f} dB, "
                   f"worst {min(scores):.1f} dB, identical pictures {len(scores) - len(finite)}/{len(scores)}")

@@ -35,16 +35,12 @@ import numpy as np
 import torch
 
 
-def _psnr(a, b) -> float:
-    error = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return math.inf if error == 0 else 10 * math.log10(255.0 ** 2 / error)
-
-
 def main() -> None:
     from sfumato import AutoPipelineForText2Image
     from sfumato.cli.models import PRESETS, SCHEDULER_OPTIONS, SCHEDULERS
     from sfumato.demo import builtin_model, generation_defaults
     from sfumato.demo.evaluate import evaluate, generate, held_out_prompts
+    from sfumato.demo.evaluate import psnr as picture_psnr
     import sfumato
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -99,7 +95,7 @@ def main() -> None:
         def psnr(against) -> tuple[str, str]:
             if against is None or against is images:
                 return "", ""
-            values = [_psnr(a, b) for a, b in zip(images, against)]
+            values = [picture_psnr(a, b) for a, b in zip(images, against)]
             finite = [v for v in values if math.isfinite(v)]
             return f"{np.mean(finite):.1f}", f"{np.median(values):.1f}"
 

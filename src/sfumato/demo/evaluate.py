@@ -242,6 +242,12 @@ def predict(image: Any) -> Prediction:
                       area=area, fill=fill)
 
 
+def psnr(a: Any, b: Any) -> float:
+    """Peak signal-to-noise ratio of two 8-bit pictures (PIL images or uint8 arrays), in dB; inf if equal."""
+    error = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if error == 0 else 10 * float(np.log10(255.0 ** 2 / error))
+
+
 def evaluate(images: Sequence[Any], captions: Sequence[str]) -> EvaluationReport:
     """Score pictures against the captions they were made from.
 
