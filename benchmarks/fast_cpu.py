@@ -32,8 +32,9 @@ default 512 px text-to-image (25 prior steps, 100 decoder steps, one decode)
 from the parts' times; it leaves out start-up and the text/image encoders.
 ``--mechanisms`` instead times sfumato alone with the plan's mechanisms added
 one at a time (fp32 + channels-last, then the plan's dtype, then freed memory
-kept, then Winograd/GEMM or int8 convolutions), for the UNet step and the
-MoVQ decode at 512 px: what each contributes on this CPU.
+kept, then Winograd/GEMM or int8 convolutions and linear layers), for the UNet
+step and the MoVQ decode at 512 px: what each contributes on this CPU. Keeping
+freed memory cannot be undone in a process, so the MoVQ's rows all have it.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def mechanisms(plan: fast.Plan, repeats: int) -> None:
         current = dataclasses.replace(current, keep_freed_memory=True)
         steps.append(("+ freed memory kept", current))
     for flag, label in (("fast_convolutions", "+ Winograd/GEMM convolutions"), ("int8_convolutions", "+ int8 convolutions"),
-                        ("compile", "+ torch.compile")):
+                        ("int8_linears", "+ int8 linear layers"), ("compile", "+ torch.compile")):
         if getattr(plan, flag):
             current = dataclasses.replace(current, **{flag: True})
             steps.append((label, current))

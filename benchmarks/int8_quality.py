@@ -1,12 +1,13 @@
-"""What int8 convolutions do to pictures: the built-in model with every convolution of 32+ channels in int8.
+"""What int8 layers do to pictures: the built-in model with every convolution and linear layer of 32+ channels in int8.
 
 Usage:
     python benchmarks/int8_quality.py [--count 270] [--threads 2]
 
 The fast mode quantizes only convolutions large enough to pay (the full-size
 models'); the built-in model's are all below that size, so this lowers the
-threshold to zero and runs every convolution of its UNet and MoVQ with at
-least 32 channels each way through ``sfumato.nn.int8_conv`` (inputs quantized
+threshold to zero and runs every convolution and linear layer of its UNet
+and MoVQ with at least 32 channels each way through ``sfumato.nn.int8_conv``
+and ``int8_linear`` (the prior stays fp32, as in the fast mode; inputs quantized
 to uint8 per tensor at every call, weights to int8 per output channel), on
 the held-out prompts of ``python -m sfumato.demo.evaluate``. It prints the
 evaluator's accuracy per criterion for the parity mode (fp32), the bf16 fast
@@ -28,7 +29,7 @@ import torch
 import sfumato
 from sfumato import fast
 from sfumato.demo import builtin_model, evaluate, generation_defaults
-from sfumato.nn import int8_conv
+from sfumato.nn import int8_conv, int8_linear
 
 
 def main() -> None:
@@ -54,17 +55,17 @@ def main() -> None:
     started = time.perf_counter()
     runs["parity"] = evaluate.generate(pipe, prompts, settings)
     seconds = {"parity": time.perf_counter() - started}
-    int8_conv.MIN_MULTIPLICATIONS = 0  # every qualifying convolution, however small
+    int8_conv.MIN_MULTIPLICATIONS = int8_linear.MIN_MULTIPLICATIONS = 0  # every qualifying layer, however small
     for name, plan in ((f"fast {args.dtype}", base),
-                       (f"fast {args.dtype} + int8", dataclasses.replace(base, int8_convolutions=True))):
+                       (f"fast {args.dtype} + int8", dataclasses.replace(base, int8_convolutions=True, int8_linears=True))):
         sfumato.optimize(pipe, plan)
-        converted = sum(isinstance(m, int8_conv.Int8Conv2d) for _, model in fast._fast_models(pipe)
-                        for m in model.modules())
+        converted = sum(isinstance(m, (int8_conv.Int8Conv2d, int8_linear.Int8Linear))
+                        for _, model in fast._fast_models(pipe) for m in model.modules())
         started = time.perf_counter()
         runs[name] = evaluate.generate(pipe, prompts, settings)
         seconds[name] = time.perf_counter() - started
         fast.disable(pipe)
-        print(f"{name}: {plan.describe()}, {converted} int8 convolutions, {seconds[name]:.0f} s", flush=True)
+        print(f"{name}: {plan.describe()}, {converted} int8 layers, {seconds[name]:.0f} s", flush=True)
 
     print(f"built-in model, {len(prompts)} held-out prompts (parity {seconds['parity']:.0f} s)")
     for name, images in runs.items():

@@ -41,7 +41,7 @@ def test_zen3_gets_fp32_channels_last_never_bf16():
 def test_avx512_bf16_with_vnni_without_amx_gets_bf16_and_int8_convolutions():
     plan = fast.choose("AVX512", ZEN4_FLAGS)
     assert plan.dtype == torch.bfloat16 and not plan.compile and not plan.fast_convolutions
-    assert plan.int8_convolutions and "int8 convolutions" in plan.describe()
+    assert plan.int8_convolutions and plan.int8_linears and "int8 linear layers" in plan.describe()
     without_vnni = fast.choose("AVX512", [flag for flag in ZEN4_FLAGS if flag != "avx512_vnni"])
     assert without_vnni.dtype == torch.bfloat16 and not without_vnni.int8_convolutions
 
@@ -168,7 +168,8 @@ def test_fast_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     np.testing.assert_array_equal(picture(pipe), parity)
 
 
-INT8_PLAN = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, int8_convolutions=True)
+INT8_PLAN = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, int8_convolutions=True,
+                      int8_linears=True)
 
 
 def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
@@ -178,7 +179,10 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
 
     if not int8_conv.available():
         pytest.skip("no oneDNN int8 convolution in this build")
+    from sfumato.nn import int8_linear
+
     monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(int8_linear, "MIN_MULTIPLICATIONS", 0)
     parity = picture(pipe)
     before_weights = weights(pipe)
     bf16 = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False)
@@ -189,6 +193,9 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     converted = [m for _, model in fast._fast_models(pipe) for m in model.modules()
                  if isinstance(m, int8_conv.Int8Conv2d)]
     assert len(converted) > 40
+    linears = {name: [m for m in model.modules() if isinstance(m, int8_linear.Int8Linear)]
+               for name, model in fast._fast_models(pipe)}
+    assert linears["unet"] and not linears["prior_prior"]  # the prior stays fp32, without int8
     calls = []
     monkeypatch.setattr(torch.ops.onednn, "qconv2d_pointwise",
                         lambda *args, real=torch.ops.onednn.qconv2d_pointwise: calls.append(1) or real(*args))

@@ -87,10 +87,12 @@ class Plan:
     fast_convolutions: bool = False
     # convolutions in int8 with inputs quantized per call (sfumato.nn.int8_conv), where the CPU has VNNI
     int8_convolutions: bool = False
+    # linear layers in int8 the same way (sfumato.nn.int8_linear)
+    int8_linears: bool = False
     # freed memory kept in the process for reuse (sfumato.allocator; the generation body does it too):
     # a full-size model's large activations otherwise come back from the OS page by page, at every call
     keep_freed_memory: bool = True
-    # components that keep fp32 weights whatever ``dtype`` says: the prior's image embedding
+    # components that keep fp32 weights (and no int8) whatever the plan says: the prior's image embedding
     # steers the whole picture, and bf16 there cost 4-15 dB of PSNR on the built-in model
     # (bf16 in the UNet and MoVQ alone kept it above 44 dB), for ~15% of a default picture's time
     fp32_parts: tuple[str, ...] = ("prior",)
@@ -102,6 +104,7 @@ class Plan:
                                                   (self.sdpa, "SDPA attention"),
                                                   (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
                                                   (self.int8_convolutions, "int8 convolutions"),
+                                                  (self.int8_linears, "int8 linear layers"),
                                                   (self.compile, "torch.compile")) if on]
         return " + ".join(parts)
 
@@ -177,9 +180,10 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
         # measured on AVX-512 BF16 + VNNI without AMX (Zen 4): oneDNN's int8 convolutions run at 1.9x its bf16
         int8 = not amx and "avx512_vnni" in flags
         if int8:
-            reasons += ("int8 convolutions (VNNI: 1.9x bf16's rate), inputs quantized per call, bf16 where "
-                        "outliers would make int8 coarse",)
-        return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, reasons=reasons)
+            reasons += ("int8 convolutions and linear layers (VNNI: 1.4-1.9x bf16's rate), inputs quantized per "
+                        "call, bf16 where outliers would make int8 coarse",)
+        return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, int8_linears=int8,
+                    reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
     # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
     avx2 = capability.upper() == "AVX2"
@@ -321,6 +325,7 @@ class _Undo:
     plan: Plan
     fast_convolutions: bool = False  # its 3x3 convolutions became FastConv2d
     int8_convolutions: bool = False  # its convolutions became Int8Conv2d
+    int8_linears: bool = False  # its linear layers became Int8Linear
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -352,8 +357,8 @@ def optimize(pipe: Any, plan: Plan | None = None, *, compile: bool | None = None
         if getattr(model, "_sfumato_fast_undo", None) is not None:
             continue  # already fast: optimize is idempotent
         model_plan = plan
-        if name.rsplit("_", 1)[-1] in plan.fp32_parts and plan.dtype != torch.float32:
-            model_plan = dataclasses.replace(plan, dtype=torch.float32)
+        if name.rsplit("_", 1)[-1] in plan.fp32_parts:
+            model_plan = dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False)
         _optimize_model(model, model_plan, keep_fp32)
     if not isinstance(pipe, nn.Module):
         pipe.__dict__["_sfumato_fast_plan"] = plan
@@ -380,6 +385,10 @@ def disable(pipe: Any) -> Any:
             from .nn.int8_conv import stop_int8_convolutions
 
             stop_int8_convolutions(model)
+        if undo.int8_linears:
+            from .nn.int8_linear import stop_int8_linears
+
+            stop_int8_linears(model)
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -439,6 +448,11 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
 
         # quantized from the fp32 weights, before any cast rounds them
         int8_convolutions = use_int8_convolutions(model) > 0
+    int8_linears = False
+    if plan.int8_linears:
+        from .nn.int8_linear import use_int8_linears
+
+        int8_linears = use_int8_linears(model) > 0
     if cast:
         if keep_fp32:
             kept = {key: tensor.data for key, tensor in _tensors(model)}
@@ -468,4 +482,4 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         model.compile(dynamic=False)
         compiled = True
     model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
-                                     int8_convolutions)
+                                     int8_convolutions, int8_linears)

@@ -62,7 +62,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_input(x: torch.Tensor, max_error: float | None = None) -> tuple[torch.Tensor, float, int] | None:
-    """``x`` (float, 4-d, contiguous or channels-last) -> (uint8 in the same layout, scale, zero point).
+    """``x`` (float; 4-d channels-last, or contiguous) -> (uint8 in the same layout, scale, zero point).
 
     Scale and zero point span the tensor's own range, which always holds 0 (zero padding stays exact);
     values round to nearest. With ``max_error``, returns None instead when the rounding would cost more
@@ -70,7 +70,7 @@ def quantize_input(x: torch.Tensor, max_error: float | None = None) -> tuple[tor
     the step coarse for everything else). Every pass runs over the memory as it lies, as one flat
     vector: the same element-wise operations over a channels-last tensor's logical order run 5-30x slower.
     """
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     flat = (x.permute(0, 2, 3, 1) if channels_last else x.contiguous()).reshape(-1)
     low, high = torch.aminmax(flat)
     low, high = min(float(low), 0.0), max(float(high), 0.0)
