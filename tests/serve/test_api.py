@@ -143,7 +143,8 @@ def test_reproduce_a_result_and_an_uploaded_png(api):
 
 
 def test_progress_is_pushed_as_server_sent_events(api):
-    job = submit(api, {"prompt": "a green triangle on a black background", "seed": 1, "steps": 12,
+    # 40 steps: long enough (~1 s here) for the stream, which samples the job's state every 0.1 s, to see some
+    job = submit(api, {"prompt": "a green triangle on a black background", "seed": 1, "steps": 40,
                        "prior_steps": 4})
     events = []
     with api.stream("GET", job["events"]) as stream:
@@ -157,10 +158,10 @@ def test_progress_is_pushed_as_server_sent_events(api):
     states = [view["state"] for _, view in events]
     assert states[-1] == "done" and events[-1][0] == "done"
     steps = [view["progress"] for name, view in events if view["state"] == "running" and "step" in view["progress"]]
-    denoising = [p for p in steps if p["stage"] == "denoising" and p["steps"] == 12]
+    denoising = [p for p in steps if p["stage"] == "denoising" and p["steps"] == 40]
     assert denoising, steps
-    # how many of the 12 steps are seen depends on the machine's load (the stream samples the job's state)
-    assert all(1 <= p["step"] <= 12 for p in denoising)
+    # how many of the 40 steps are seen depends on the machine's load (the stream samples the job's state)
+    assert all(1 <= p["step"] <= 40 for p in denoising)
     fractions = [p["fraction"] for p in steps]
     assert fractions == sorted(fractions)
 
