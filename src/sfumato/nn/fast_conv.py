@@ -42,6 +42,8 @@ import threading
 import torch
 from torch import nn
 
+from .swap import restore_layers, swap_layers
+
 TILE = 4  # outputs per tile side: F(4x4, 3x3)
 _SPAN = TILE + 2  # inputs per tile side
 
@@ -217,19 +219,12 @@ class FastConv2d(nn.Conv2d):
 
 def use_fast_convolutions(model: nn.Module) -> int:
     """Turn every qualifying ``nn.Conv2d`` of ``model`` into a :class:`FastConv2d`; returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Conv2d and qualifies(module):
-            module.__class__ = FastConv2d
-            count += 1
-    return count
+    return swap_layers(model, nn.Conv2d, FastConv2d, qualifies)
 
 
 def stop_fast_convolutions(model: nn.Module) -> None:
     """Undo :func:`use_fast_convolutions`: plain convolutions again."""
-    for module in model.modules():
-        if type(module) is FastConv2d:
-            module.__class__ = nn.Conv2d
+    restore_layers(model, FastConv2d, nn.Conv2d)
 
 
 def free_buffers() -> None:

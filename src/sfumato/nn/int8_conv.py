@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .swap import restore_layers, swap_layers
+
 # fewer multiply-adds than this: the quantization passes cost more than the int8 products save
 MIN_MULTIPLICATIONS = 50_000_000
 # fewer channels than this on either side (a model's first and last convolutions): not quantized
@@ -54,10 +56,13 @@ def qualifies(conv: nn.Module) -> bool:
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(C_out, C_in, kh, kw)`` float -> (int8 weights, fp32 scale per output channel), symmetric."""
+    """A convolution's or linear layer's float weights -> (int8 weights, fp32 scale per output channel, the
+    first dimension), symmetric."""
     weight = weight.detach().float()
-    scale = weight.abs().amax(dim=(1, 2, 3)).clamp(min=torch.finfo(torch.float32).tiny) / _INT8_MAX
-    quantized = torch.round(weight / scale[:, None, None, None]).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+    scale = weight.abs().amax(dim=tuple(range(1, weight.dim()))).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = scale / _INT8_MAX
+    per_row = scale.view(-1, *[1] * (weight.dim() - 1))
+    quantized = torch.round(weight / per_row).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
     return quantized, scale
 
 
@@ -131,23 +136,12 @@ class Int8Conv2d(nn.Conv2d):
 
 def use_int8_convolutions(model: nn.Module) -> int:
     """Turn every qualifying ``nn.Conv2d`` of ``model`` into a prepared :class:`Int8Conv2d`; returns how many."""
-    if not available():
-        return 0
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Conv2d and qualifies(module):
-            module.__class__ = Int8Conv2d
-            module.prepare()
-            count += 1
-    return count
+    return swap_layers(model, nn.Conv2d, Int8Conv2d, qualifies) if available() else 0
 
 
 def stop_int8_convolutions(model: nn.Module) -> None:
     """Undo :func:`use_int8_convolutions`: plain convolutions again, the packed weights dropped."""
-    for module in model.modules():
-        if type(module) is Int8Conv2d:
-            module.__dict__.pop("_int8", None)
-            module.__class__ = nn.Conv2d
+    restore_layers(model, Int8Conv2d, nn.Conv2d, drop=("_int8",))
 
 
 __all__ = ["Int8Conv2d", "available", "qualifies", "quantize_input", "quantize_weight", "stop_int8_convolutions",

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from . import int8_conv
-from .int8_conv import quantize_input
+from .int8_conv import quantize_input, quantize_weight
+from .swap import restore_layers, swap_layers
 
 # fewer multiply-adds than this (a time embedding's few rows): the plain layer
 MIN_MULTIPLICATIONS = 10_000_000
@@ -40,9 +41,7 @@ class Int8Linear(nn.Linear):
     _int8: tuple | None = None
 
     def prepare(self) -> None:
-        weight = self.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
-        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        quantized, scale = quantize_weight(self.weight)
         packed = torch.ops.onednn.qlinear_prepack(quantized, None)
         bias = None if self.bias is None else self.bias.detach().float()
         self._int8 = (packed, scale, torch.zeros(self.out_features, dtype=torch.int64), bias)
@@ -67,23 +66,12 @@ class Int8Linear(nn.Linear):
 
 def use_int8_linears(model: nn.Module) -> int:
     """Turn every qualifying ``nn.Linear`` of ``model`` into a prepared :class:`Int8Linear`; returns how many."""
-    if not available():
-        return 0
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Linear and qualifies(module):
-            module.__class__ = Int8Linear
-            module.prepare()
-            count += 1
-    return count
+    return swap_layers(model, nn.Linear, Int8Linear, qualifies) if available() else 0
 
 
 def stop_int8_linears(model: nn.Module) -> None:
     """Undo :func:`use_int8_linears`: plain linear layers again, the packed weights dropped."""
-    for module in model.modules():
-        if type(module) is Int8Linear:
-            module.__dict__.pop("_int8", None)
-            module.__class__ = nn.Linear
+    restore_layers(model, Int8Linear, nn.Linear, drop=("_int8",))
 
 
 __all__ = ["Int8Linear", "available", "qualifies", "stop_int8_linears", "use_int8_linears"]
