@@ -12,7 +12,8 @@ fast mode's plan, then times, interleaved (best of ``--repeats``):
 * ``sfumato fast``: ``sfumato.optimize(model)`` with the plan for this CPU;
 
 for the decoder UNet step (512 px, CFG batch 2), the MoVQ decode (512 px, one
-picture), the prior step (CFG batch 2), and with ``--768`` the UNet step at
+picture), the prior step (CFG batch 2; a pipeline's fast mode keeps its prior in
+fp32, ``Plan.fp32_parts``, and so does this row), and with ``--768`` the UNet step at
 768 px. Weights are random (the configurations are the real ones), and every
 set-up runs the very same tensors; each is switched to and called once untimed
 before its timed call (later steps of a picture, not its first). Ratios < 1 mean
@@ -29,7 +30,8 @@ with other work, wall times swing by tens of percent, CPU times much less
 A full-size UNet step is ~20 s in fp32 on a 2-core Zen 3, so the defaults
 keep the run to ~10 minutes there. ``--txt2img`` adds an estimate of the
 default 512 px text-to-image (25 prior steps, 100 decoder steps, one decode)
-from the parts' times; it leaves out start-up and the text/image encoders.
+from the parts' times; it leaves out start-up and the text/image encoders
+(``benchmarks/txt2img_cpu.py`` runs the whole picture, start-up included).
 ``--mechanisms`` instead times sfumato alone with the plan's mechanisms added
 one at a time (fp32 + channels-last, then the plan's dtype, then freed memory
 kept, then Winograd/GEMM or int8 convolutions and linear layers), for the UNet
@@ -220,7 +222,9 @@ def bench_prior(plan, args, peak: dict) -> dict:
         return model(latents.to(dtype), timestep=t, proj_embedding=proj.to(dtype),
                      encoder_hidden_states=states.to(dtype), attention_mask=mask).predicted_image_embedding
 
-    setups = Setups(reference, ours, plan, args.compile)
+    # a pipeline's fast mode keeps its prior in fp32 (Plan.fp32_parts): time what it runs
+    setups = Setups(reference, ours, fast.plan_for_part(plan, "prior"), args.compile)
+    setups.native_bf16 = plan.dtype == torch.bfloat16  # the reference's best set-up is still bf16
     return time_setups("prior step b2", setups, call, max(args.repeats, 3), None, peak)
 
 

@@ -82,12 +82,14 @@ MODES = ("reference", "sfumato", "sfumato-sequential", "sfumato-sequential-int8"
 
 
 def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], make, dtype_name: str = "BF16"):
-    """Write a safetensors file tensor by tensor: ``make(name, shape)`` gives each one just before it is written."""
+    """Write a safetensors file tensor by tensor: ``make(name, shape)`` gives each one just before it is written
+    (``dtype_name`` ``BF16`` or ``F32``)."""
     import torch
 
+    dtype = {"BF16": torch.bfloat16, "F32": torch.float32}[dtype_name]
     header, offset = {}, 0
     for name, shape in tensors:
-        size = 2 * int(torch.Size(shape).numel())
+        size = dtype.itemsize * int(torch.Size(shape).numel())
         header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = {"format": "pt"}
@@ -97,7 +99,7 @@ def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], m
         handle.write(len(encoded).to_bytes(8, "little"))
         handle.write(encoded)
         for name, shape in tensors:
-            tensor = make(name, shape).to(torch.bfloat16).contiguous()
+            tensor = make(name, shape).to(dtype).contiguous()
             handle.write(tensor.view(torch.uint8).numpy().tobytes())
             del tensor
     return offset
@@ -252,8 +254,9 @@ def run_mode(folder: Path, mode: str, dtype: str, size: int, steps: int, report:
 # --------------------------------------------------------------------------- side by side
 
 
-def _watch(pid: int, limit: float, samples: dict) -> None:
-    """Poll a process's memory; kill it past ``limit`` GiB of resident memory."""
+def _watch(pid: int, limit: float, samples: dict, key: str = "VmRSS") -> None:
+    """Poll a process's memory; kill it past ``limit`` GiB of resident memory (``key``: ``VmRSS``, or ``RssAnon``
+    to leave out memory-mapped files, which the kernel can drop)."""
     while True:
         try:
             with open(f"/proc/{pid}/status") as handle:
@@ -263,7 +266,7 @@ def _watch(pid: int, limit: float, samples: dict) -> None:
             return
         samples["peak_rss"] = max(samples.get("peak_rss", 0.0), status.get("VmRSS", 0.0))
         samples["peak_anon"] = max(samples.get("peak_anon", 0.0), status.get("RssAnon", 0.0))
-        if status.get("VmRSS", 0.0) > limit:
+        if status.get(key, 0.0) > limit:
             samples["killed"] = f"over {limit:.1f} GiB"
             os.kill(pid, 9)
             return

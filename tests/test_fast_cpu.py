@@ -210,6 +210,15 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     np.testing.assert_array_equal(picture(pipe), parity)
 
 
+def test_fp32_parts_get_the_plan_in_fp32_without_int8():
+    for name in ("prior", "prior_prior"):  # a pipeline's prior, and a combined pipeline's
+        part = fast.plan_for_part(INT8_PLAN, name)
+        assert part.dtype == torch.float32 and not part.int8_convolutions and not part.int8_linears
+        assert part.channels_last and part.sdpa and part.keep_freed_memory
+    assert fast.plan_for_part(INT8_PLAN, "unet") is INT8_PLAN
+    assert fast.plan_for_part(INT8_PLAN, "movq") is INT8_PLAN
+
+
 def test_fast_mode_keeps_freed_memory_when_its_plan_says_so(monkeypatch):
     from sfumato import allocator
 

@@ -64,7 +64,7 @@ from .allocator import keep_freed_memory
 logger = logging.getLogger(__name__)
 
 __all__ = ["Plan", "choose", "cpu_capability", "cpu_flags", "cpu_model", "has_native_bf16", "optimize", "disable",
-           "bf16_warning", "warn_if_slow_dtype", "plan_for_this_cpu", "current_plan"]
+           "plan_for_part", "bf16_warning", "warn_if_slow_dtype", "plan_for_this_cpu", "current_plan"]
 
 # /proc/cpuinfo flags that mean a native bf16 matrix or dot-product instruction
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -94,7 +94,10 @@ class Plan:
     keep_freed_memory: bool = True
     # components that keep fp32 weights (and no int8) whatever the plan says: the prior's image embedding
     # steers the whole picture, and bf16 there cost 4-15 dB of PSNR on the built-in model
-    # (bf16 in the UNet and MoVQ alone kept it above 44 dB), for ~15% of a default picture's time
+    # (bf16 in the UNet and MoVQ alone kept it above 44 dB), for ~15% of a default picture's time. Only its
+    # products in bf16 (fp32 residual stream, norms and outputs: 3x per full-size prior step on Zen 4) still
+    # put the worst of 270 pictures at 24.5 dB, and 25-27 dB with the input or the weights split in two bf16
+    # halves: below the 30 dB bar, so the prior stays fp32 throughout
     fp32_parts: tuple[str, ...] = ("prior",)
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
@@ -356,14 +359,19 @@ def optimize(pipe: Any, plan: Plan | None = None, *, compile: bool | None = None
     for name, model in models:
         if getattr(model, "_sfumato_fast_undo", None) is not None:
             continue  # already fast: optimize is idempotent
-        model_plan = plan
-        if name.rsplit("_", 1)[-1] in plan.fp32_parts:
-            model_plan = dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False)
-        _optimize_model(model, model_plan, keep_fp32)
+        _optimize_model(model, plan_for_part(plan, name), keep_fp32)
     if not isinstance(pipe, nn.Module):
         pipe.__dict__["_sfumato_fast_plan"] = plan
     logger.info("fast CPU mode: %s (%s)", plan.describe(), "; ".join(plan.reasons))
     return pipe
+
+
+def plan_for_part(plan: Plan, name: str) -> Plan:
+    """What ``plan`` does to a pipeline's component ``name`` (``prior``, ``unet``, ``prior_prior``, ...): the plan
+    itself, or for its ``fp32_parts`` the plan in fp32 without int8."""
+    if name.rsplit("_", 1)[-1] in plan.fp32_parts:
+        return dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False)
+    return plan
 
 
 def disable(pipe: Any) -> Any:
