@@ -273,6 +273,26 @@ def _watch(pid: int, limit: float, samples: dict, key: str = "VmRSS") -> None:
         time.sleep(0.1)
 
 
+def run_watched(command: list[str], env: dict, limit: float, timeout: float, key: str = "VmRSS"
+                ) -> tuple[int, str, dict]:
+    """Run ``command`` as the kernel's first choice should memory run out, killed past ``limit`` GiB of ``key``
+    (see :func:`_watch`) or ``timeout`` seconds; returns its exit status, its output and the memory samples
+    (``peak_rss``, ``peak_anon``, ``killed``)."""
+    process = subprocess.Popen(command, env=env, preexec_fn=lambda: Path("/proc/self/oom_score_adj")
+                               .write_text("1000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples: dict = {}
+    watcher = threading.Thread(target=_watch, args=(process.pid, limit, samples, key), daemon=True)
+    watcher.start()
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        samples["killed"] = f"timeout {timeout:.0f} s"
+    watcher.join(timeout=1)
+    return process.returncode, output, samples
+
+
 def compare(folder: Path, modes: list[str], dtype: str, size: int, steps: int, limit: float,
             timeout: float, extra_path: str | None, stop_after: str | None = None) -> list[dict]:
     rows = []
@@ -286,21 +306,10 @@ def compare(folder: Path, modes: list[str], dtype: str, size: int, steps: int, l
                    str(size), "--steps", str(steps), "--report", str(report)]
         if stop_after:
             command += ["--stop-after", stop_after]
-        process = subprocess.Popen(command, env=env, preexec_fn=lambda: Path("/proc/self/oom_score_adj")
-                                   .write_text("1000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        samples: dict = {}
-        watcher = threading.Thread(target=_watch, args=(process.pid, limit, samples), daemon=True)
-        watcher.start()
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            samples["killed"] = f"timeout {timeout:.0f} s"
-        watcher.join(timeout=1)
+        returncode, output, samples = run_watched(command, env, limit, timeout)
         row = json.loads(report.read_text()) if report.exists() else {"mode": mode, "dtype": dtype}
-        row.update(samples, returncode=process.returncode)
-        if process.returncode != 0 and "killed" not in row:
+        row.update(samples, returncode=returncode)
+        if returncode != 0 and "killed" not in row:
             row["error"] = output.strip().splitlines()[-1][:200] if output.strip() else "failed"
         rows.append(row)
         print(json.dumps(row), flush=True)

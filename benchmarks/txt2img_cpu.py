@@ -36,15 +36,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kandinsky3_memory import _random_tensor, _shapes, _watch, _write_safetensors  # noqa: E402
+from kandinsky3_memory import _random_tensor, _shapes, _write_safetensors, run_watched  # noqa: E402
 from kandinsky22_speed import MOVQ_CONFIG, UNET_CONFIG  # noqa: E402
 
 PROMPT = "a red circle on a blue background"
@@ -150,24 +148,12 @@ def command(run: str, folder: Path, out: Path) -> list[str]:
 
 def timed_run(argv: list[str], env: dict, limit: float, timeout: float) -> dict:
     started = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=lambda: Path("/proc/self/oom_score_adj").write_text("1000"))
-    samples: dict = {}
-    watcher = threading.Thread(target=_watch, args=(process.pid, limit, samples, "RssAnon"), daemon=True)
-    watcher.start()
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        samples["killed"] = f"timeout {timeout:.0f} s"
-    seconds = time.perf_counter() - started
-    watcher.join(timeout=1)
-    row = {"seconds": round(seconds, 1), "peak_rss_gib": round(samples.get("peak_rss", 0.0), 2),
-           "peak_anon_gib": round(samples.get("peak_anon", 0.0), 2), "returncode": process.returncode}
+    returncode, output, samples = run_watched(argv, env, limit, timeout, key="RssAnon")
+    row = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_gib": round(samples.get("peak_rss", 0.0), 2),
+           "peak_anon_gib": round(samples.get("peak_anon", 0.0), 2), "returncode": returncode}
     if "killed" in samples:
         row["killed"] = samples["killed"]
-    elif process.returncode != 0:
+    elif returncode != 0:
         row["error"] = output.strip().splitlines()[-1][:300] if output.strip() else "failed"
     return row
 
