@@ -52,14 +52,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kandinsky22_speed import MOVQ_CONFIG, UNET_CONFIG, pair  # noqa: E402
+from kandinsky22_speed import MOVQ_CONFIG, PRIOR_CONFIG, UNET_CONFIG, pair  # noqa: E402
 
 from sfumato import fast  # noqa: E402
 
-PRIOR_CONFIG = {
-    "num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,
-    "num_embeddings": 77, "additional_embeddings": 4, "dropout": 0.0,
-}
 
 
 # --------------------------------------------------------------------------- the four set-ups
@@ -68,8 +64,9 @@ PRIOR_CONFIG = {
 class Setups:
     """One reference model and one sfumato model; each set-up switches them into its mode."""
 
-    def __init__(self, reference, ours, plan: fast.Plan, compile_reference: bool):
-        self.reference, self.ours, self.plan = reference, ours, plan
+    def __init__(self, reference, ours, plan: fast.Plan, part: str, compile_reference: bool):
+        # sfumato's model gets what a pipeline's fast mode gives that component (the prior stays fp32)
+        self.reference, self.ours, self.plan = reference, ours, fast.plan_for_part(plan, part)
         self.native_bf16 = plan.dtype == torch.bfloat16
         self.compile_reference = compile_reference
         self._reference_mode = "fp32"
@@ -185,7 +182,7 @@ def bench_unet(plan, args, size: int, peak: dict) -> dict:
         return model(sample.to(dtype), t, encoder_hidden_states=None,
                      added_cond_kwargs={"image_embeds": embeds.to(dtype)}).sample
 
-    setups = Setups(reference, ours, plan, args.compile)
+    setups = Setups(reference, ours, plan, "unet", args.compile)
     return time_setups(f"unet step {size}px b2", setups, call, args.repeats, unet_flop(latent), peak)
 
 
@@ -201,7 +198,7 @@ def bench_movq(plan, args, peak: dict) -> dict:
         decode = model.decode if hasattr(model, "decode") else model._orig_mod.decode
         return decode(latents.to(dtype), force_not_quantize=True).sample
 
-    setups = Setups(reference, ours, plan, compile_reference=False)
+    setups = Setups(reference, ours, plan, "movq", compile_reference=False)
     return time_setups("movq decode 512px b1", setups, call, args.repeats, None, peak)
 
 
@@ -222,9 +219,7 @@ def bench_prior(plan, args, peak: dict) -> dict:
         return model(latents.to(dtype), timestep=t, proj_embedding=proj.to(dtype),
                      encoder_hidden_states=states.to(dtype), attention_mask=mask).predicted_image_embedding
 
-    # a pipeline's fast mode keeps its prior in fp32 (Plan.fp32_parts): time what it runs
-    setups = Setups(reference, ours, fast.plan_for_part(plan, "prior"), args.compile)
-    setups.native_bf16 = plan.dtype == torch.bfloat16  # the reference's best set-up is still bf16
+    setups = Setups(reference, ours, plan, "prior", args.compile)
     return time_setups("prior step b2", setups, call, max(args.repeats, 3), None, peak)
 
 

@@ -49,6 +49,11 @@ MOVQ_CONFIG = {
     "up_block_types": ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
     "vq_embed_dim": 4,
 }
+# kandinsky-community/kandinsky-2-2-prior's PriorTransformer (the other keys are the class's defaults)
+PRIOR_CONFIG = {
+    "num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,
+    "num_embeddings": 77, "additional_embeddings": 4, "dropout": 0.0,
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -43,13 +43,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kandinsky3_memory import _random_tensor, _shapes, _write_safetensors, run_watched  # noqa: E402
-from kandinsky22_speed import MOVQ_CONFIG, UNET_CONFIG  # noqa: E402
+from kandinsky22_speed import MOVQ_CONFIG, PRIOR_CONFIG, UNET_CONFIG  # noqa: E402
 
 PROMPT = "a red circle on a blue background"
-# kandinsky-community/kandinsky-2-2-prior
-PRIOR_CONFIG = {"num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,
-                "num_embeddings": 77, "additional_embeddings": 4, "dropout": 0.0, "time_embed_act_fn": "silu",
-                "encoder_hid_proj_type": "linear", "added_emb_type": "prd"}
+# kandinsky-community/kandinsky-2-2-prior's CLIP text and image encoders
 TEXT_CONFIG = {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
                "projection_dim": 1280, "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "gelu",
                "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
