@@ -323,7 +323,7 @@ def main():
     diffusers.utils.logging.set_verbosity_error()  # its note on .to(dtype) after from_config is noise here
 
     capability, flags = fast.cpu_capability(), fast.cpu_flags()
-    plan = fast.choose(capability, flags)
+    plan = fast.plan_for_this_cpu()
     shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     ghz = cpu_ghz()
     print(f"CPU: {fast.cpu_model()} | PyTorch capability {capability} | flags {' '.join(shown)} | "

@@ -184,7 +184,7 @@ def compare(folder: Path, runs: list[str], threads: int, limit: float, timeout: 
 
     capability, flags = fast.cpu_capability(), fast.cpu_flags()
     print(f"CPU: {fast.cpu_model()} | PyTorch capability {capability} | {threads} threads | torch "
-          f"{torch.__version__} | fast plan: {fast.choose(capability, flags).describe()}", flush=True)
+          f"{torch.__version__} | fast plan: {fast.plan_for_this_cpu().describe()}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     out.mkdir(parents=True, exist_ok=True)
     rows = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -46,6 +47,17 @@ def test_avx512_bf16_with_vnni_without_amx_gets_bf16_and_int8_convolutions():
     assert without_vnni.dtype == torch.bfloat16 and not without_vnni.int8_convolutions
 
 
+def test_amd_cpus_get_fp32_linear_layers_through_onednn():
+    for capability, flags in (("AVX512", ZEN4_FLAGS), ("AVX2", ZEN3_FLAGS)):
+        plan = fast.choose(capability, flags, "AuthenticAMD")
+        assert plan.onednn_linears and "fp32 linear layers through oneDNN" in plan.describe()
+        # only the packing differs from the plan without a vendor
+        assert dataclasses.replace(plan, onednn_linears=False) == fast.choose(capability, flags)
+        assert not fast.choose(capability, flags, "GenuineIntel").onednn_linears
+    assert not fast.choose("AVX512", SAPPHIRE_RAPIDS_FLAGS, "GenuineIntel").onednn_linears
+    assert not fast.choose("AVX512", ZEN4_FLAGS).onednn_linears  # vendor unknown
+
+
 def test_every_plan_keeps_freed_memory():
     for capability, flags in (("AVX512", SAPPHIRE_RAPIDS_FLAGS), ("AVX2", ZEN3_FLAGS), ("AVX512", ZEN4_FLAGS)):
         assert fast.choose(capability, flags).keep_freed_memory
@@ -62,9 +74,12 @@ def test_avx512_without_bf16_is_fp32(capability):
 def test_choice_reads_the_capability_not_the_timing(monkeypatch):
     monkeypatch.setattr(fast, "cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset(ZEN3_FLAGS))
+    monkeypatch.setattr(fast, "cpu_vendor", lambda: "GenuineIntel")
     assert fast.plan_for_this_cpu() == fast.choose("AVX2", ZEN3_FLAGS)
     monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS_FLAGS))
     assert fast.plan_for_this_cpu().dtype == torch.bfloat16
+    monkeypatch.setattr(fast, "cpu_vendor", lambda: "AuthenticAMD")
+    assert fast.plan_for_this_cpu() == fast.choose("AVX2", SAPPHIRE_RAPIDS_FLAGS, "AuthenticAMD")
 
 
 def test_bf16_warning_only_without_native_bf16():
@@ -208,6 +223,65 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     after = weights(pipe)
     assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
     np.testing.assert_array_equal(picture(pipe), parity)
+
+
+@pytest.mark.parametrize("plan", [dataclasses.replace(FP32_PLAN, onednn_linears=True),
+                                  dataclasses.replace(INT8_PLAN, onednn_linears=True)], ids=["fp32", "int8"])
+def test_onednn_linear_layers_keep_the_picture_and_undo_exactly(pipe, plan, monkeypatch):
+    """Every fp32 linear layer runs oneDNN's product: all of them in an fp32 plan, the prior's (an fp32 part) and
+    the text and image encoders' in a bf16 one; the encoders get nothing else."""
+    from sfumato.nn import onednn_linear
+
+    if not onednn_linear.available():
+        pytest.skip("no oneDNN linear layer in this build")
+    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLICATIONS", 0)
+    parity = picture(pipe)
+    before_weights = weights(pipe)
+    encoders = [model for name, model in fast._fast_models(pipe, encoders=True) if "encoder" in name]
+    assert len(encoders) == 2
+    sfumato.optimize(pipe, plan)
+    swapped = {name: [m for m in model.modules() if isinstance(m, onednn_linear.OnednnLinear)]
+               for name, model in fast._fast_models(pipe, encoders=True)}
+    assert len(swapped["prior_prior"]) > 10
+    assert swapped["prior_text_encoder"] and swapped["prior_image_encoder"]
+    assert bool(swapped["unet"]) == (plan.dtype == torch.float32)
+    for encoder in encoders:  # fp32 weights, same class, plain calls
+        assert next(encoder.parameters()).dtype == torch.float32 and "forward" not in encoder.__dict__
+        assert not isinstance(encoder, fast._Fp32Interface)
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *args, real=torch.ops.mkldnn._linear_pointwise: calls.append(1) or real(*args))
+    quick = picture(pipe)
+    assert len(calls) > 10 * 12  # the prior's layers at every step
+    assert psnr(parity, quick) >= (40.0 if plan.dtype == torch.float32 else 30.0)
+    fast.disable(pipe)
+    assert not any(isinstance(m, onednn_linear.OnednnLinear) for _, model in fast._fast_models(pipe, encoders=True)
+                   for m in model.modules())
+    assert all(not hasattr(encoder, "_sfumato_fast_undo") for encoder in encoders)
+    after = weights(pipe)
+    assert all(torch.equal(before_weights[key], after[key]) for key in before_weights)
+    np.testing.assert_array_equal(picture(pipe), parity)
+
+
+def test_encoders_untouched_by_plans_without_onednn_linear_layers(pipe):
+    sfumato.optimize(pipe, FP32_PLAN)
+    try:
+        for name, model in fast._fast_models(pipe, encoders=True):
+            assert hasattr(model, "_sfumato_fast_undo") == ("encoder" not in name)
+    finally:
+        fast.disable(pipe)
+
+
+def test_component_kinds():
+    kinds = {name: fast._component_kind(name) for name in (
+        "unet", "decoder_unet", "decoder_pipe.unet", "prior_prior", "prior_pipe.prior", "prior_text_encoder",
+        "text_encoder_2", "image_encoder", "prior_image_encoder", "tokenizer", "scheduler", "movq")}
+    assert kinds == {"unet": "unet", "decoder_unet": "unet", "decoder_pipe.unet": "unet", "prior_prior": "prior",
+                     "prior_pipe.prior": "prior", "prior_text_encoder": "text_encoder",
+                     "text_encoder_2": "text_encoder_2", "image_encoder": "image_encoder",
+                     "prior_image_encoder": "image_encoder", "tokenizer": None, "scheduler": None, "movq": "movq"}
+    encoder = fast.plan_for_part(INT8_PLAN, "prior_image_encoder")
+    assert encoder.dtype == torch.float32 and not encoder.channels_last and not encoder.int8_linears
 
 
 def test_fp32_parts_get_the_plan_in_fp32_without_int8():

@@ -27,6 +27,11 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   convolution, ~1e-5 of the largest output), and on 8x8 maps they reach half
   of it, where a GEMM does 1.8-2x better. bf16 plans keep oneDNN's
   convolutions: AMX runs them fast, and bf16 would amplify the transforms' rounding;
+* on AMD CPUs, the fp32 linear layers (the prior's and the text and image
+  encoders', and all of them in fp32 plans) through oneDNN's product
+  (``sfumato.nn.onednn_linear``): PyTorch's fp32 ``F.linear`` is MKL's sgemm,
+  which runs no AVX-512 kernels on AMD; 1.2-1.7x at the prior's and encoders'
+  shapes on Zen 4, a full-size prior step 2.44 -> 1.75 s;
 * where the CPU has fast int8 dot products (AVX-512 VNNI; measured on Zen 4,
   which also has AVX-512 BF16), the convolutions in int8 (``sfumato.nn.int8_conv``):
   oneDNN's int8 convolutions run at 1.9x its bf16 ones there. Inputs are
@@ -63,14 +68,16 @@ from .allocator import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Plan", "choose", "cpu_capability", "cpu_flags", "cpu_model", "has_native_bf16", "optimize", "disable",
-           "plan_for_part", "bf16_warning", "warn_if_slow_dtype", "plan_for_this_cpu", "current_plan"]
+__all__ = ["Plan", "choose", "cpu_capability", "cpu_flags", "cpu_model", "cpu_vendor", "has_native_bf16", "optimize",
+           "disable", "plan_for_part", "bf16_warning", "warn_if_slow_dtype", "plan_for_this_cpu", "current_plan"]
 
 # /proc/cpuinfo flags that mean a native bf16 matrix or dot-product instruction
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# components the fast mode converts, when a pipeline has them (the text and image
-# encoders run once per prompt, and stay as they are)
+# components the fast mode converts, when a pipeline has them
 FAST_COMPONENTS = ("unet", "movq", "vae", "prior", "controlnet")
+# components that run once per prompt or picture: they get the plan's oneDNN linear layers alone (no change of
+# dtype or layout), and stay as they are in plans without them
+ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2", "image_encoder")
 # methods that take and return tensors and run the model's weights
 _ENTRY_POINTS = ("forward", "encode", "decode")
 
@@ -89,6 +96,9 @@ class Plan:
     int8_convolutions: bool = False
     # linear layers in int8 the same way (sfumato.nn.int8_linear)
     int8_linears: bool = False
+    # fp32 linear layers through oneDNN's product instead of MKL's (sfumato.nn.onednn_linear), on AMD CPUs;
+    # the text and image encoders get these alone
+    onednn_linears: bool = False
     # freed memory kept in the process for reuse (sfumato.allocator; the generation body does it too):
     # a full-size model's large activations otherwise come back from the OS page by page, at every call
     keep_freed_memory: bool = True
@@ -108,6 +118,7 @@ class Plan:
                                                   (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
                                                   (self.int8_convolutions, "int8 convolutions"),
                                                   (self.int8_linears, "int8 linear layers"),
+                                                  (self.onednn_linears, "fp32 linear layers through oneDNN"),
                                                   (self.compile, "torch.compile")) if on]
         return " + ".join(parts)
 
@@ -145,6 +156,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(flags)
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor as /proc/cpuinfo gives it ("GenuineIntel", "AuthenticAMD", ...), or "" if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_model() -> str:
     """The CPU's marketing name, as /proc/cpuinfo gives it (or the platform's processor string)."""
     try:
@@ -165,12 +188,17 @@ def has_native_bf16(capability: str, flags: Iterable[str]) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS) or capability.upper() in ("AMX", "AVX512_BF16")
 
 
-def choose(capability: str, flags: Iterable[str]) -> Plan:
-    """The fast mode's plan for a CPU that reports ``capability`` (PyTorch's) and ``flags`` (/proc/cpuinfo).
+def choose(capability: str, flags: Iterable[str], vendor: str = "") -> Plan:
+    """The fast mode's plan for a CPU that reports ``capability`` (PyTorch's), ``flags`` and ``vendor``
+    (/proc/cpuinfo's ``vendor_id``).
 
     A pure function: what it picks depends only on what the CPU reports, never on timing.
     """
     flags = frozenset(flag.lower() for flag in flags)
+    # measured on AMD (Zen 4; and with AVX2 only, emulated there): MKL's fp32 sgemm, behind F.linear, trails
+    # oneDNN's product by 1.2-1.7x; on Intel CPUs MKL runs its own fast kernels (not measured)
+    onednn = vendor == "AuthenticAMD"
+    onednn_reason = "fp32 linear layers through oneDNN (MKL's fp32 product runs no AVX-512 kernels on AMD: 1.2-1.7x)"
     if has_native_bf16(capability, flags):
         amx = "amx_bf16" in flags or capability.upper() == "AMX"
         reasons = ("native bf16 (" + ("AMX" if amx else "AVX-512 BF16") + "): bf16 weights and activations",
@@ -185,8 +213,10 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
         if int8:
             reasons += ("int8 convolutions and linear layers (VNNI: 1.4-1.9x bf16's rate), inputs quantized per "
                         "call, bf16 where outliers would make int8 coarse",)
+        if onednn:
+            reasons += ("the prior's and the encoders' " + onednn_reason,)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, int8_linears=int8,
-                    reasons=reasons)
+                    onednn_linears=onednn, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
     # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
     avx2 = capability.upper() == "AVX2"
@@ -195,14 +225,15 @@ def choose(capability: str, flags: Iterable[str]) -> Plan:
                     "one GEMM on the smallest (1.8-2x)" if avx2 else
                     "oneDNN's convolutions: Winograd/GEMM convolutions were measured to pay on AVX2 only")
     return Plan(dtype=torch.float32, channels_last=True, compile=False, fast_convolutions=avx2,
+                onednn_linears=onednn,
                 reasons=(why_not, "channels_last: oneDNN's NHWC convolutions beat NCHW here too",
-                         "SDPA's fused CPU attention", convolutions,
+                         "SDPA's fused CPU attention", convolutions, *(onednn_reason,) * onednn,
                          "freed memory kept for reuse: no page faults on large activations",
                          "no torch.compile: not measured to pay back its start-up"))
 
 
 def plan_for_this_cpu() -> Plan:
-    return choose(cpu_capability(), cpu_flags())
+    return choose(cpu_capability(), cpu_flags(), cpu_vendor())
 
 
 # --------------------------------------------------------------------------- the bf16 warning
@@ -329,6 +360,7 @@ class _Undo:
     fast_convolutions: bool = False  # its 3x3 convolutions became FastConv2d
     int8_convolutions: bool = False  # its convolutions became Int8Conv2d
     int8_linears: bool = False  # its linear layers became Int8Linear
+    onednn_linears: bool = False  # its fp32 linear layers became OnednnLinear
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -352,7 +384,7 @@ def optimize(pipe: Any, plan: Plan | None = None, *, compile: bool | None = None
     if compile is not None:
         plan = dataclasses.replace(plan, compile=compile,
                                    reasons=plan.reasons + (f"torch.compile {'on' if compile else 'off'} by request",))
-    models = _fast_models(pipe)
+    models = _fast_models(pipe, encoders=plan.onednn_linears)
     if not models:
         raise TypeError(f"optimize() needs a pipeline or a model with one of {list(FAST_COMPONENTS)}, "
                         f"got {type(pipe).__name__}")
@@ -368,15 +400,29 @@ def optimize(pipe: Any, plan: Plan | None = None, *, compile: bool | None = None
 
 def plan_for_part(plan: Plan, name: str) -> Plan:
     """What ``plan`` does to a pipeline's component ``name`` (``prior``, ``unet``, ``prior_prior``, ...): the plan
-    itself, or for its ``fp32_parts`` the plan in fp32 without int8."""
-    if name.rsplit("_", 1)[-1] in plan.fp32_parts:
+    itself; for its ``fp32_parts`` the plan in fp32 without int8; for an encoder its oneDNN linear layers alone."""
+    kind = _component_kind(name)
+    if kind in ENCODER_COMPONENTS:
+        return Plan(onednn_linears=plan.onednn_linears, keep_freed_memory=plan.keep_freed_memory,
+                    channels_last=False, fp32_parts=plan.fp32_parts, reasons=plan.reasons)
+    if kind in plan.fp32_parts:
         return dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False)
     return plan
 
 
+def _component_kind(name: str) -> str | None:
+    """``unet`` for ``unet``, ``decoder_unet`` or ``decoder_pipe.unet``; ``text_encoder`` for
+    ``prior_text_encoder``; None for a component the fast mode leaves alone."""
+    base = name.rsplit(".", 1)[-1]
+    for kind in ENCODER_COMPONENTS + FAST_COMPONENTS:
+        if base == kind or base.endswith("_" + kind):
+            return kind
+    return None
+
+
 def disable(pipe: Any) -> Any:
     """Undo ``optimize``: the models get back their fp32 weights, NCHW layout and plain calls."""
-    for _, model in _fast_models(pipe):
+    for _, model in _fast_models(pipe, encoders=True):
         undo = getattr(model, "_sfumato_fast_undo", None)
         if undo is None:
             continue
@@ -397,6 +443,10 @@ def disable(pipe: Any) -> Any:
             from .nn.int8_linear import stop_int8_linears
 
             stop_int8_linears(model)
+        if undo.onednn_linears:
+            from .nn.onednn_linear import stop_onednn_linears
+
+            stop_onednn_linears(model)
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -419,21 +469,22 @@ def current_plan(pipe: Any) -> Plan | None:
     return pipe.__dict__.get("_sfumato_fast_plan")
 
 
-def _fast_models(pipe: Any) -> list[tuple[str, nn.Module]]:
+def _fast_models(pipe: Any, encoders: bool = False) -> list[tuple[str, nn.Module]]:
+    """The models ``optimize`` converts in ``pipe`` (with ``encoders``, the text and image encoders too), by name."""
     if isinstance(pipe, nn.Module):  # one model, given on purpose: the plan applies as it is
         return [(type(pipe).__name__, pipe)]
+    kinds = FAST_COMPONENTS + ENCODER_COMPONENTS * encoders
     models, seen = [], set()
     components = getattr(pipe, "components", {}) or {}
     for name, model in components.items():
         # combined pipelines name their prior's parts "prior_<part>": "prior_prior" is a prior
-        kind = name.rsplit("_", 1)[-1]
-        if isinstance(model, nn.Module) and kind in FAST_COMPONENTS and id(model) not in seen:
+        if isinstance(model, nn.Module) and _component_kind(name) in kinds and id(model) not in seen:
             seen.add(id(model))
             models.append((name, model))
     # combined pipelines hold their sub-pipelines' models under other names
     for name, value in components.items():
         if not isinstance(value, nn.Module) and hasattr(value, "components"):
-            for sub_name, model in _fast_models(value):
+            for sub_name, model in _fast_models(value, encoders):
                 if id(model) not in seen:
                     seen.add(id(model))
                     models.append((f"{name}.{sub_name}", model))
@@ -483,6 +534,12 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         from .nn.fast_conv import use_fast_convolutions
 
         fast_convolutions = use_fast_convolutions(model) > 0
+    onednn_linears = False
+    if plan.onednn_linears and plan.dtype == torch.float32:
+        from .nn.onednn_linear import use_onednn_linears
+
+        # after the int8 swap: only the linear layers left in fp32
+        onednn_linears = use_onednn_linears(model) > 0
     if plan.keep_freed_memory:
         keep_freed_memory()
     compiled = False
@@ -490,4 +547,4 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         model.compile(dynamic=False)
         compiled = True
     model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
-                                     int8_convolutions, int8_linears)
+                                     int8_convolutions, int8_linears, onednn_linears)
