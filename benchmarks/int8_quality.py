@@ -29,13 +29,16 @@ import torch
 import sfumato
 from sfumato import fast
 from sfumato.demo import builtin_model, evaluate, generation_defaults
-from sfumato.nn import int8_conv, int8_linear
+from sfumato.nn import int8_conv, int8_linear, onednn_linear
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=270)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=10,
+                        help="prompts per call: int8 inputs are quantized over the whole batch, so a picture's "
+                             "rounding depends on its neighbours (1: as `sfumato generate` makes it)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="the plan's dtype around the int8 convolutions")
     args = parser.parse_args()
@@ -49,25 +52,28 @@ def main() -> None:
     prompts = evaluate.held_out_prompts(args.count)
     captions = [caption for caption, _ in prompts]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    base = fast.Plan(dtype=dtype, channels_last=True, int8_convolutions=False)
+    # this CPU's plan (its oneDNN linear layers too, where it has them) in the chosen dtype, without compilation
+    base = dataclasses.replace(fast.plan_for_this_cpu(), dtype=dtype, int8_convolutions=False, int8_linears=False,
+                               fast_convolutions=False, compile=False)
 
     runs = {}
     started = time.perf_counter()
-    runs["parity"] = evaluate.generate(pipe, prompts, settings)
+    runs["parity"] = evaluate.generate(pipe, prompts, settings, batch=args.batch)
     seconds = {"parity": time.perf_counter() - started}
-    int8_conv.MIN_MULTIPLICATIONS = int8_linear.MIN_MULTIPLICATIONS = 0  # every qualifying layer, however small
+    # every qualifying layer, however small
+    int8_conv.MIN_MULTIPLICATIONS = int8_linear.MIN_MULTIPLICATIONS = onednn_linear.MIN_MULTIPLICATIONS = 0
     for name, plan in ((f"fast {args.dtype}", base),
                        (f"fast {args.dtype} + int8", dataclasses.replace(base, int8_convolutions=True, int8_linears=True))):
         sfumato.optimize(pipe, plan)
         converted = sum(isinstance(m, (int8_conv.Int8Conv2d, int8_linear.Int8Linear))
                         for _, model in fast._fast_models(pipe) for m in model.modules())
         started = time.perf_counter()
-        runs[name] = evaluate.generate(pipe, prompts, settings)
+        runs[name] = evaluate.generate(pipe, prompts, settings, batch=args.batch)
         seconds[name] = time.perf_counter() - started
         fast.disable(pipe)
         print(f"{name}: {plan.describe()}, {converted} int8 layers, {seconds[name]:.0f} s", flush=True)
 
-    print(f"built-in model, {len(prompts)} held-out prompts (parity {seconds['parity']:.0f} s)")
+    print(f"built-in model, {len(prompts)} held-out prompts, {args.batch} per call (parity {seconds['parity']:.0f} s)")
     for name, images in runs.items():
         print(f"--- {name}")
         print(evaluate.format_table(evaluate.evaluate(images, captions)))

@@ -31,7 +31,7 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   encoders', and all of them in fp32 plans) through oneDNN's product
   (``sfumato.nn.onednn_linear``): PyTorch's fp32 ``F.linear`` is MKL's sgemm,
   which runs no AVX-512 kernels on AMD; 1.2-1.7x at the prior's and encoders'
-  shapes on Zen 4, a full-size prior step 2.44 -> 1.75 s;
+  shapes on Zen 4, a full-size prior step 2.42-2.44 -> 1.69-1.75 s;
 * where the CPU has fast int8 dot products (AVX-512 VNNI; measured on Zen 4,
   which also has AVX-512 BF16), the convolutions in int8 (``sfumato.nn.int8_conv``):
   oneDNN's int8 convolutions run at 1.9x its bf16 ones there. Inputs are

@@ -75,8 +75,10 @@ def make_conv(inputs, outputs, kernel, stride=1, padding=None, bias=True, seed=0
 @pytest.mark.parametrize("kernel,stride,bias", [(3, 1, True), (1, 1, True), (3, 2, False), (3, 1, False)])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_convolution_is_close_to_float64(kernel, stride, bias, channels_last, dtype, monkeypatch):
+@pytest.mark.parametrize("way", ["conv", "gemm"])
+def test_convolution_is_close_to_float64(kernel, stride, bias, channels_last, dtype, way, monkeypatch):
     monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(int8_conv, "MAX_GEMM_ROWS", 10**9 if way == "gemm" else 0)
     conv = make_conv(48, 40, kernel, stride=stride, bias=bias)
     x = layout(torch.randn(2, 48, 13, 11, generator=torch.Generator().manual_seed(2)), channels_last)
     exact = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(),
@@ -88,6 +90,44 @@ def test_convolution_is_close_to_float64(kernel, stride, bias, channels_last, dt
     assert got.dtype == dtype and got.shape == exact.shape
     error = ((got.double() - exact).norm() / exact.norm()).item()
     assert 1e-4 < error < 0.02  # really int8 (not the float convolution), and close: ~1% on Gaussian inputs
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, (1, 1)), (1, 1, (0, 0)), (3, 2, (1, 1)), (4, 2, (1, 1)),
+                                                   (3, 1, (0, 2)), (5, 3, (2, 1)), (1, 2, (0, 0))])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_maps_run_one_gemm_with_the_convolutions_numbers(kernel, stride, padding, channels_last, dtype,
+                                                                monkeypatch):
+    """Up to MAX_GEMM_ROWS output pixels the convolution is im2col + oneDNN's int8 linear layer: the same
+    quantized numbers as the int8 convolution, summed in another order in int32, so the same result up to the
+    output's rounding."""
+    monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    conv = make_conv(40, 36, kernel, stride=stride, padding=padding).to(dtype)
+    int8_conv.use_int8_convolutions(conv)
+    x = layout(torch.randn(2, 40, 9, 10, generator=torch.Generator().manual_seed(3)), channels_last).to(dtype)
+    calls = []
+    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise",
+                        lambda *args, real=torch.ops.onednn.qlinear_pointwise: calls.append(1) or real(*args))
+    with torch.inference_mode():
+        gemm = conv(x)
+        assert calls == [1]
+        monkeypatch.setattr(int8_conv, "MAX_GEMM_ROWS", 0)
+        direct = conv(x)
+        assert calls == [1]
+    exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride=stride, padding=padding)
+    assert gemm.shape == direct.shape == exact.shape and gemm.dtype == dtype
+    size = direct.double().abs().max().item()
+    assert (gemm.double() - direct.double()).abs().max().item() <= (1e-5 if dtype == torch.float32 else 8e-3) * size
+    assert ((gemm.double() - exact).norm() / exact.norm()).item() < 0.02
+
+
+def test_unfold_gives_every_window_padded_with_the_zero_point():
+    x = torch.randint(0, 255, (2, 5, 4, 3), dtype=torch.uint8)
+    rows = int8_conv.unfold(x, 7, (3, 2), (2, 1), (1, 0))
+    padded = F.pad(x.float(), (0, 0, 1, 1), value=7.0)  # height padded by 1 on each side, width by 0
+    windows = padded.unfold(2, 3, 2).unfold(3, 2, 1)  # (B, C, H_out, W_out, 3, 2)
+    expected = windows.permute(0, 2, 3, 4, 5, 1).reshape(-1, 3 * 2 * 5)
+    assert rows.dtype == torch.uint8 and torch.equal(rows.float(), expected)
 
 
 def test_falls_back_to_the_exact_convolution_where_int8_would_not_pay_or_not_hold(monkeypatch):
@@ -130,4 +170,4 @@ def test_switches_and_undoes_without_touching_the_state_dict():
     assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
     int8_conv.stop_int8_convolutions(model)
     assert all(type(m) in (nn.Conv2d, nn.SiLU) for m in model)
-    assert all("_int8" not in m.__dict__ for m in model)
+    assert all("_int8" not in m.__dict__ and "_packed" not in m.__dict__ for m in model)

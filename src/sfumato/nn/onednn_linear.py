@@ -9,7 +9,7 @@ tokens) (162 x 2048) @ (2048 x 8192) 107-124 GFLOP/s with ``F.linear``, 196 with
 oneDNN; (162 x 8192) @ (8192 x 2048) 106-161 -> 167; its CLIP ViT-bigG image
 encoder's (257 x 1664) @ (1664 x 8192) 117 -> 174; a UNet's (8192 x 320) @
 (320 x 1280) 101-139 -> 145; few rows gain most ((2 x 2048) @ (2048 x 2048):
-1.35 ms -> 0.22 ms). A full-size prior step: 2.44 -> 1.75 s.
+1.35 ms -> 0.22 ms). A full-size prior step: 2.42-2.44 -> 1.69-1.75 s.
 
 oneDNN reads the layer's own weights at every call: nothing is copied or
 packed ahead (a copy in oneDNN's blocked layout gained another ~5% per prior
