@@ -505,7 +505,7 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
     if plan.int8_convolutions:
         from .nn.int8_conv import use_int8_convolutions
 
-        # quantized from the fp32 weights, before any cast rounds them
+        # before any cast: int8 linear layers quantize the fp32 weights now (convolutions when they first run)
         int8_convolutions = use_int8_convolutions(model) > 0
     int8_linears = False
     if plan.int8_linears:

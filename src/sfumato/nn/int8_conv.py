@@ -119,21 +119,24 @@ class Int8Conv2d(nn.Conv2d):
     weights stay, so the state dict and :func:`stop_int8_convolutions` are unchanged.
     """
 
-    _int8: tuple | None = None  # (int8 weights (C_out, C_in, kh, kw), scale and zero point per channel, bias)
-    _packed: dict | None = None  # the weights packed for oneDNN, per way of running: "conv" and "gemm"
+    _int8: tuple | None = None  # (weight scale and zero point per output channel, fp32 bias)
+    _packed: dict | None = None  # the int8 weights packed for oneDNN, per way of running: "conv" and "gemm"
 
     def prepare(self) -> None:
-        # quantized once, from the weights as they are now (the fast mode does it before any cast to bf16); each
-        # way of running packs these same numbers when it first runs
-        quantized, scale = quantize_weight(self.weight)
         bias = None if self.bias is None else self.bias.detach().float()
-        self._int8 = (quantized, scale, torch.zeros(self.out_channels, dtype=torch.int64), bias)
+        self._int8 = (None, torch.zeros(self.out_channels, dtype=torch.int64), bias)
         self._packed = {}
 
-    def _packed_weights(self, way: str) -> torch.Tensor:
+    def _packed_weights(self, way: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights packed for ``way``, made when that way first runs, and their scale per output channel.
+
+        Both ways quantize the weights as they are at their first call (in the fast mode: after its cast to bf16),
+        so a picture does not depend on which way a layer ran first. Nothing else is kept: no int8 copy besides the
+        packed one for each way in use (a full-size UNet's int8 weights are 1.25 GB; kept, a plain copy pushed the
+        whole picture's memory from 4.7 to 5.7 GiB)."""
         packed = self._packed.get(way)
         if packed is None:
-            quantized, scale = self._int8[:2]
+            quantized, scale = quantize_weight(self.weight)
             if way == "gemm":  # rows (C_out, kh x kw x C_in), the order of an unfolded channels-last window
                 rows = quantized.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
                 packed = torch.ops.onednn.qlinear_prepack(rows, None)
@@ -141,7 +144,8 @@ class Int8Conv2d(nn.Conv2d):
                 packed = torch.ops.onednn.qconv_prepack(quantized, scale, 1.0, 0, list(self.stride),
                                                         list(self.padding), list(self.dilation), self.groups, None)
             self._packed[way] = packed
-        return packed
+            self._int8 = (scale,) + self._int8[1:]
+        return packed, self._int8[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self._int8 is None or x.dim() != 4 or x.device.type != "cpu"
@@ -157,17 +161,19 @@ class Int8Conv2d(nn.Conv2d):
         if quantized is None:  # a few outliers set the range: too coarse for the rest
             return super().forward(x)
         quantized, scale, zero_point = quantized
-        _, weight_scale, weight_zero, bias = self._int8
+        _, weight_zero, bias = self._int8
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         out_height, out_width = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
         if batch * out_height * out_width <= MAX_GEMM_ROWS and dh == dw == 1:
             rows = unfold(quantized, zero_point, self.kernel_size, self.stride, self.padding)
-            out = torch.ops.onednn.qlinear_pointwise(rows, scale, zero_point, self._packed_weights("gemm"),
-                                                     weight_scale, weight_zero, bias, 1.0, 0, x.dtype, "none", [], "")
+            packed, weight_scale = self._packed_weights("gemm")
+            out = torch.ops.onednn.qlinear_pointwise(rows, scale, zero_point, packed, weight_scale, weight_zero, bias,
+                                                     1.0, 0, x.dtype, "none", [], "")
             return out.view(batch, out_height, out_width, self.out_channels).permute(0, 3, 1, 2)
+        packed, weight_scale = self._packed_weights("conv")
         return torch.ops.onednn.qconv2d_pointwise(
-            quantized, scale, zero_point, self._packed_weights("conv"), weight_scale, weight_zero, bias,
-            list(self.stride), list(self.padding), list(self.dilation), self.groups, 1.0, 0, x.dtype, "none", [], "")
+            quantized, scale, zero_point, packed, weight_scale, weight_zero, bias, list(self.stride),
+            list(self.padding), list(self.dilation), self.groups, 1.0, 0, x.dtype, "none", [], "")
 
 
 def unfold(x: torch.Tensor, pad_value: int, kernel_size: tuple[int, int], stride: tuple[int, int],
