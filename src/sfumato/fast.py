@@ -134,15 +134,23 @@ def cpu_capability() -> str:
         return "DEFAULT"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), or PyTorch's own probes elsewhere."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line that starts with one of ``keys`` (Linux), or None."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or PyTorch's own probes elsewhere."""
+    listed = _cpuinfo("flags", "Features")
+    if listed is not None:
+        return frozenset(listed.split())
     flags = set()
     probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported",
               "avx512_vnni": "_is_avx512_vnni_supported", "avx512f": "_is_avx512_supported"}
@@ -158,25 +166,14 @@ def cpu_flags() -> frozenset[str]:
 
 def cpu_vendor() -> str:
     """The CPU's vendor as /proc/cpuinfo gives it ("GenuineIntel", "AuthenticAMD", ...), or "" if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo("vendor_id") or ""
 
 
 def cpu_model() -> str:
     """The CPU's marketing name, as /proc/cpuinfo gives it (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    name = _cpuinfo("model name")
+    if name:
+        return name
     import platform
 
     return platform.processor() or platform.machine() or "unknown CPU"
@@ -377,7 +374,8 @@ def optimize(pipe: Any, plan: Plan | None = None, *, compile: bool | None = None
     ``plan``: what to do, by default ``choose``'s plan for this CPU; ``compile``
     overrides the plan's ``torch.compile`` choice. With ``keep_fp32`` (the default)
     the fp32 weights are kept aside when a plan casts them, so ``disable`` gives
-    back the exact parity mode; ``keep_fp32=False`` saves that memory, and
+    back the exact parity mode; ``keep_fp32=False`` saves that memory (but int8
+    convolutions hold their fp32 weights, which they quantize when first run), and
     ``disable`` then casts the rounded weights back up.
     """
     plan = plan_for_this_cpu() if plan is None else plan
@@ -505,7 +503,7 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
     if plan.int8_convolutions:
         from .nn.int8_conv import use_int8_convolutions
 
-        # before any cast: int8 linear layers quantize the fp32 weights now (convolutions when they first run)
+        # before any cast: int8 layers quantize the fp32 weights (linear layers now, convolutions when first run)
         int8_convolutions = use_int8_convolutions(model) > 0
     int8_linears = False
     if plan.int8_linears:

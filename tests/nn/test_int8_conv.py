@@ -170,4 +170,18 @@ def test_switches_and_undoes_without_touching_the_state_dict():
     assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
     int8_conv.stop_int8_convolutions(model)
     assert all(type(m) in (nn.Conv2d, nn.SiLU) for m in model)
-    assert all("_int8" not in m.__dict__ and "_packed" not in m.__dict__ for m in model)
+    assert all(not {"_int8", "_packed", "_source"} & m.__dict__.keys() for m in model)
+
+
+@pytest.mark.parametrize("rows", [0, 10**9])  # the convolution way, the GEMM way
+def test_both_ways_quantize_the_weights_seen_at_prepare_not_a_later_cast(rows, monkeypatch):
+    monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(int8_conv, "MAX_GEMM_ROWS", rows)
+    conv = make_conv(40, 36, 3)
+    fp32_scale = quantize_weight(conv.weight)[1]
+    int8_conv.use_int8_convolutions(conv)
+    conv.to(torch.bfloat16)  # as the fast mode does after preparing
+    with torch.inference_mode():
+        conv(torch.randn(1, 40, 6, 6, dtype=torch.bfloat16))
+    assert torch.equal(conv._int8[0], fp32_scale)
+    assert not torch.equal(quantize_weight(conv.weight)[1], fp32_scale)  # the bf16 weights would quantize otherwise
