@@ -183,5 +183,5 @@ def test_both_ways_quantize_the_weights_seen_at_prepare_not_a_later_cast(rows, m
     conv.to(torch.bfloat16)  # as the fast mode does after preparing
     with torch.inference_mode():
         conv(torch.randn(1, 40, 6, 6, dtype=torch.bfloat16))
-    assert torch.equal(conv._int8[0], fp32_scale)
+    assert torch.equal(conv._packed["gemm" if rows else "conv"][1], fp32_scale)
     assert not torch.equal(quantize_weight(conv.weight)[1], fp32_scale)  # the bf16 weights would quantize otherwise

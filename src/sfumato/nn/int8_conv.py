@@ -119,8 +119,8 @@ class Int8Conv2d(nn.Conv2d):
     weights stay, so the state dict and :func:`stop_int8_convolutions` are unchanged.
     """
 
-    _int8: tuple | None = None  # (weight scale and zero point per output channel, fp32 bias)
-    _packed: dict | None = None  # the int8 weights packed for oneDNN, per way of running: "conv" and "gemm"
+    _int8: tuple | None = None  # (weight zero point per output channel, fp32 bias)
+    _packed: dict | None = None  # per way of running ("conv", "gemm"): (weights packed for oneDNN, scale per channel)
     _source: torch.Tensor | None = None  # the weights as they were at prepare(), which both ways quantize
 
     def prepare(self) -> None:
@@ -129,7 +129,7 @@ class Int8Conv2d(nn.Conv2d):
         # pictures fell from 33.2 to 29.2 dB
         self._source = self.weight.detach()
         bias = None if self.bias is None else self.bias.detach().float()
-        self._int8 = (None, torch.zeros(self.out_channels, dtype=torch.int64), bias)
+        self._int8 = (torch.zeros(self.out_channels, dtype=torch.int64), bias)
         self._packed = {}
 
     def _packed_weights(self, way: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,8 +138,7 @@ class Int8Conv2d(nn.Conv2d):
         Both ways quantize the weights :meth:`prepare` saw, so a picture does not depend on which way a layer ran
         first. No int8 copy is kept besides the packed one for each way in use (a full-size UNet's int8 weights
         are 1.25 GB; kept, a plain copy pushed the whole picture's memory from 4.7 to 5.7 GiB)."""
-        packed = self._packed.get(way)
-        if packed is None:
+        if way not in self._packed:
             quantized, scale = quantize_weight(self._source)
             if way == "gemm":  # rows (C_out, kh x kw x C_in), the order of an unfolded channels-last window
                 rows = quantized.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
@@ -147,9 +146,8 @@ class Int8Conv2d(nn.Conv2d):
             else:
                 packed = torch.ops.onednn.qconv_prepack(quantized, scale, 1.0, 0, list(self.stride),
                                                         list(self.padding), list(self.dilation), self.groups, None)
-            self._packed[way] = packed
-            self._int8 = (scale,) + self._int8[1:]
-        return packed, self._int8[0]
+            self._packed[way] = (packed, scale)
+        return self._packed[way]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self._int8 is None or x.dim() != 4 or x.device.type != "cpu"
@@ -165,10 +163,9 @@ class Int8Conv2d(nn.Conv2d):
         if quantized is None:  # a few outliers set the range: too coarse for the rest
             return super().forward(x)
         quantized, scale, zero_point = quantized
-        _, weight_zero, bias = self._int8
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        out_height, out_width = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
-        if batch * out_height * out_width <= MAX_GEMM_ROWS and dh == dw == 1:
+        weight_zero, bias = self._int8
+        out_height, out_width = output_size((height, width), self.kernel_size, self.stride, self.padding)
+        if batch * out_height * out_width <= MAX_GEMM_ROWS and self.dilation == (1, 1):
             rows = unfold(quantized, zero_point, self.kernel_size, self.stride, self.padding)
             packed, weight_scale = self._packed_weights("gemm")
             out = torch.ops.onednn.qlinear_pointwise(rows, scale, zero_point, packed, weight_scale, weight_zero, bias,
@@ -178,6 +175,12 @@ class Int8Conv2d(nn.Conv2d):
         return torch.ops.onednn.qconv2d_pointwise(
             quantized, scale, zero_point, packed, weight_scale, weight_zero, bias, list(self.stride),
             list(self.padding), list(self.dilation), self.groups, 1.0, 0, x.dtype, "none", [], "")
+
+
+def output_size(size: tuple[int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> tuple[int, int]:
+    """A convolution's output height and width (dilation 1)."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel_size, stride, padding))
 
 
 def unfold(x: torch.Tensor, pad_value: int, kernel_size: tuple[int, int], stride: tuple[int, int],
@@ -191,7 +194,7 @@ def unfold(x: torch.Tensor, pad_value: int, kernel_size: tuple[int, int], stride
         return pixels.reshape(-1, channels)
     padded = x.new_full((batch, height + 2 * ph, width + 2 * pw, channels), pad_value)
     padded[:, ph:ph + height, pw:pw + width] = pixels
-    out_height, out_width = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    out_height, out_width = output_size((height, width), kernel_size, stride, padding)
     b, row, column, channel = padded.stride()
     windows = padded.as_strided((batch, out_height, out_width, kh, kw, channels),
                                 (b, row * sh, column * sw, row, column, channel))
