@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import ConfigMixin, check_config_values, config_errors_name, read_json
+from .derived import mark_source
 from .dtypes import available_device, parse_dtype
 from .errors import CheckpointError
 from .folders import atomic_folder
@@ -81,7 +82,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         # converted while read, file by file: the model never exists twice in memory
         state = read_state_dict(files, dtype=dtype)
         model.load_weights(state, source=str(folder), dtype=dtype)
-        return model.eval()
+        return mark_source(model.eval(), [config_file, *files], kwargs)
 
     def to(self, *args: Any, **kwargs: Any):
         """``nn.Module.to``, with a clear error for a device this machine does not have."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint.config import FrozenDict
+from ..checkpoint.derived import mark_source
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.weights import find_weights, read_state_dict, with_variant, write_state_dict
 from ..nn.embeddings import lookup_table
@@ -380,7 +381,7 @@ def load(class_name: str, folder: Path, dtype: torch.dtype | None, variant: str 
         return None  # transformers says what is wrong with the file
     if not model._load_state(state):
         return None
-    return model.eval()
+    return mark_source(model.eval(), [config_file, *files])
 
 
 def _weight_files(folder: Path, variant: str | None, use_safetensors: bool | None) -> list[Path] | None:

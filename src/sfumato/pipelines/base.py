@@ -34,6 +34,7 @@ from ..checkpoint import (
     split_hub_kwargs,
 )
 from ..checkpoint.config import FORMAT_VERSION, check_config_values, config_errors_name
+from ..checkpoint.derived import mark_source
 from ..checkpoint.dtypes import available_device
 from ..checkpoint.folders import connected_pipeline
 from ..checkpoint.weights import check_variant, shard_size_bytes
@@ -534,7 +535,8 @@ def _load_foreign(klass: type, folder: Path, dtype, variant, use_safetensors) ->
     except (OSError, ValueError) as error:
         raise CheckpointError(f"could not load {klass.__name__} from {str(folder)!r}: {error}") from None
     if isinstance(component, nn.Module):
-        component.eval()
+        # the folder's files made it: values derived from its weights alone may be kept (checkpoint.derived)
+        mark_source(component.eval(), [path for path in folder.iterdir() if path.is_file()])
     return component
 
 

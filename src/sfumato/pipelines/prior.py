@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint.derived import cached
 from ..outputs import BaseOutput
 from .. import limits
 from . import checks
@@ -143,11 +144,21 @@ class ImageEmbeddingPrior(DiffusionPipeline):
         return self.image_encoder(image)["image_embeds"].repeat_interleave(num_images_per_prompt, dim=0)
 
     def get_zero_embed(self, batch_size: int = 1, device=None) -> torch.Tensor:
-        """The embedding of an all-zero picture: the decoder's default negative embedding."""
+        """The embedding of an all-zero picture: the decoder's default negative embedding.
+
+        It depends on the image encoder's weights alone, so for an encoder loaded from files and unchanged since it
+        is computed once per machine and kept (:mod:`sfumato.checkpoint.derived`): the same numbers, without a
+        pass of the encoder at every call.
+        """
         device = device or self.device
-        size = self.image_encoder.config.image_size
-        zeros = torch.zeros(1, 3, size, size, device=device, dtype=self.image_encoder.dtype)
-        return self.image_encoder(zeros)["image_embeds"].repeat(batch_size, 1)
+        encoder = self.image_encoder
+
+        def embed() -> torch.Tensor:
+            size = encoder.config.image_size
+            zeros = torch.zeros(1, 3, size, size, device=device, dtype=encoder.dtype)
+            return encoder(zeros)["image_embeds"]
+
+        return cached(encoder, "zero-picture image_embeds", embed).to(device).repeat(batch_size, 1)
 
     # ------------------------------------------------------------------ sampling
 
