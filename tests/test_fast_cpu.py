@@ -227,6 +227,35 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     np.testing.assert_array_equal(picture(pipe), parity)
 
 
+def test_int8_pictures_made_in_a_batch_equal_those_made_alone(pipe, monkeypatch):
+    """The int8 layers quantize each picture's rows on their own (nn.batching): a prompt's picture does not depend
+    on the prompts beside it. Quantized over the whole batch instead, it did (35-40 dB from the picture alone)."""
+    from sfumato.nn import batching, int8_conv, int8_linear
+
+    if not int8_conv.available():
+        pytest.skip("no oneDNN int8 convolution in this build")
+    monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(int8_linear, "MIN_MULTIPLICATIONS", 0)
+    prompts = ["a red circle on a blue background", "a green square on a white background"]
+
+    def make(chosen, seeds):  # decoder guidance 4: the UNet's batch is two stacked copies
+        return pipe(chosen, height=64, width=64, num_inference_steps=6, prior_num_inference_steps=6,
+                    guidance_scale=4.0, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                    output_type="np").images
+
+    sfumato.optimize(pipe, INT8_PLAN)
+    try:
+        alone = [make([prompt], [seed])[0] for seed, prompt in enumerate(prompts)]
+        together = make(prompts, [0, 1])
+        for single, in_batch in zip(alone, together):
+            np.testing.assert_array_equal(in_batch, single)
+        monkeypatch.setattr(batching, "picture_count", lambda rows: 1)
+        whole = make(prompts, [0, 1])
+        assert any(not np.array_equal(single, in_batch) for single, in_batch in zip(alone, whole))
+    finally:
+        fast.disable(pipe)
+
+
 @pytest.mark.parametrize("plan", [dataclasses.replace(FP32_PLAN, onednn_linears=True),
                                   dataclasses.replace(INT8_PLAN, onednn_linears=True)], ids=["fp32", "int8"])
 def test_onednn_linear_layers_keep_the_picture_and_undo_exactly(pipe, plan, monkeypatch):

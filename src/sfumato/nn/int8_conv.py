@@ -9,7 +9,8 @@ An :class:`Int8Conv2d` is an ``nn.Conv2d`` (same parameters, same state
 dict) that keeps, next to its weights, an int8 copy packed for oneDNN: one
 scale per output channel, symmetric (``w ~ scale_o * q``, ``|q| <= 127``).
 At every call its input is quantized to uint8 with one scale and zero point
-for the whole tensor, taken from that tensor's own minimum and maximum
+per picture (:mod:`sfumato.nn.batching`; the whole tensor when called outside
+a pipeline), taken from those rows' own minimum and maximum
 (dynamic quantization: nothing is calibrated, so nothing depends on the
 pictures a calibration saw), and the convolution accumulates the int8
 products in int32 and returns the input's dtype (bf16 or fp32) with the bias
@@ -39,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batching import per_picture
 from .swap import restore_layers, swap_layers
 
 # fewer multiply-adds than this: the quantization passes cost more than the int8 products save
@@ -154,6 +156,11 @@ class Int8Conv2d(nn.Conv2d):
                 or x.dtype not in (torch.float32, torch.bfloat16)
                 or torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             return super().forward(x)
+        return per_picture(x, self._forward_picture)
+
+    def _forward_picture(self, x: torch.Tensor) -> torch.Tensor:
+        """One picture's rows (or a whole batch outside ``nn.batching.stacked_copies``): every choice, and the
+        quantization, depend on these rows alone."""
         batch, _, height, width = x.shape
         kh, kw = self.kernel_size
         multiplications = batch * height * width * self.in_channels * self.out_channels * kh * kw

@@ -33,6 +33,7 @@ from .. import limits
 from ..allocator import keep_freed_memory
 from ..image.processor import OUTPUT_TYPES
 from . import checks
+from ..nn.batching import stacked_copies
 from .base import DiffusionPipeline, ImagePipelineOutput
 from .loop import denoise, noised_latents
 
@@ -207,27 +208,29 @@ class GenerationPipeline(DiffusionPipeline):
         guided = self.do_classifier_free_guidance
         tensors = self.condition(conditioning, request, guided)
 
-        # 3. starting latents
-        request = self._set_timesteps(request)
-        start = task.start(self, request, batch)
-        tensors.update({name: for_guidance(value, guided) for name, value in start.tensors.items()})
+        # 3-5: the models see which rows make each picture (the fast mode's int8 layers quantize per picture)
+        with stacked_copies(1, batch * request.num_images_per_prompt):
+            # 3. starting latents
+            request = self._set_timesteps(request)
+            start = task.start(self, request, batch)
+            tensors.update({name: for_guidance(value, guided) for name, value in start.tensors.items()})
 
-        # 4. denoise
-        latents = denoise(self, latents=start.latents, timesteps=start.timesteps, predict=self.predict,
-                          guidance_scale=self.guidance_weight(request.guidance_scale),
-                          guidance_rescale=request.guidance_rescale,
-                          guided=guided, tensors=tensors, generator=request.generator, eta=request.eta,
-                          after_step=start.after_step, callback_on_step_end=callback,
-                          callback_on_step_end_tensor_inputs=request.callback_on_step_end_tensor_inputs
-                          or ["latents"])
-        if start.finish is not None:
-            latents = start.finish(latents)
+            # 4. denoise
+            latents = denoise(self, latents=start.latents, timesteps=start.timesteps, predict=self.predict,
+                              guidance_scale=self.guidance_weight(request.guidance_scale),
+                              guidance_rescale=request.guidance_rescale,
+                              guided=guided, tensors=tensors, generator=request.generator, eta=request.eta,
+                              after_step=start.after_step, callback_on_step_end=callback,
+                              callback_on_step_end_tensor_inputs=request.callback_on_step_end_tensor_inputs
+                              or ["latents"])
+            if start.finish is not None:
+                latents = start.finish(latents)
 
-        # 5. decode
-        output_type = request.output_type or "pil"
-        fields = self.outputs(latents, output_type)
-        if start.finish_images is not None and output_type == "pil":
-            fields["images"] = start.finish_images(fields["images"])
+            # 5. decode
+            output_type = request.output_type or "pil"
+            fields = self.outputs(latents, output_type)
+            if start.finish_images is not None and output_type == "pil":
+                fields["images"] = start.finish_images(fields["images"])
         self.maybe_free_model_hooks()
         return self.output_class(**fields) if request.return_dict else tuple(fields.values())
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..nn.batching import stacked_copies
 from ..random import randn_tensor
 
 Predict = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Tensor]
@@ -165,7 +166,8 @@ def denoise(
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         latents = tensors["latents"]
         model_input = torch.cat([latents] * 2) if guided else latents
-        output = predict(scheduler.scale_model_input(model_input, t), t, tensors)
+        with stacked_copies(2 if guided else 1, model_input.shape[0]):
+            output = predict(scheduler.scale_model_input(model_input, t), t, tensors)
         if guided:
             cond = output.chunk(2)[1]
             output = guide(output, guidance_scale, latent_channels)
