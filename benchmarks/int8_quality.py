@@ -8,7 +8,7 @@ models'); the built-in model's are all below that size, so this lowers the
 threshold to zero and runs every convolution and linear layer of its UNet
 and MoVQ with at least 32 channels each way through ``sfumato.nn.int8_conv``
 and ``int8_linear`` (the prior stays fp32, as in the fast mode; inputs quantized
-to uint8 per tensor at every call, weights to int8 per output channel), on
+to uint8 per picture at every call, weights to int8 per output channel), on
 the held-out prompts of ``python -m sfumato.demo.evaluate``. It prints the
 evaluator's accuracy per criterion for the parity mode (fp32), the bf16 fast
 plan without int8, and the same plan with int8 convolutions (same seeds), and
@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=270)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=10,
-                        help="prompts per call: int8 inputs are quantized over the whole batch, so a picture's "
-                             "rounding depends on its neighbours (1: as `sfumato generate` makes it)")
+                        help="prompts per call (int8 inputs are quantized per picture, so a picture does not "
+                             "depend on its neighbours; 1: as `sfumato generate` makes it)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="the plan's dtype around the int8 convolutions")
     args = parser.parse_args()
