@@ -154,3 +154,6 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("SFUMATO_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert derived.cache_folder() == tmp_path / "xdg" / "sfumato"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(derived.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert derived.cache_folder() is None

@@ -19,7 +19,7 @@ A value is reused only when it would come out bit for bit the same:
   differently from the plain ones), the thread count and the torch version.
 
 The folder is ``$SFUMATO_CACHE_DIR``, else ``$XDG_CACHE_HOME/sfumato``, else
-``~/.cache/sfumato``; ``SFUMATO_CACHE_DIR=off`` keeps values in memory only.
+``~/.cache/sfumato``; ``SFUMATO_CACHE_DIR=off`` (or no home folder) keeps values in memory only.
 A file that cannot be read is computed again; one that cannot be written is
 skipped (the value is still returned).
 """
@@ -53,7 +53,12 @@ def cache_folder() -> Path | None:
     if setting:
         return Path(setting).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / "sfumato"
+    if base:
+        return Path(base).expanduser() / "sfumato"
+    try:
+        return Path.home() / ".cache" / "sfumato"
+    except (RuntimeError, KeyError):  # no home folder to be found: memory only
+        return None
 
 
 def files_fingerprint(files: list[Path]) -> str:
