@@ -247,13 +247,15 @@ def test_int8_pictures_made_in_a_batch_equal_those_made_alone(pipe, monkeypatch)
     try:
         alone = [make([prompt], [seed])[0] for seed, prompt in enumerate(prompts)]
         together = make(prompts, [0, 1])
-        for single, in_batch in zip(alone, together):
-            np.testing.assert_array_equal(in_batch, single)
         monkeypatch.setattr(batching, "picture_count", lambda rows: 1)
         whole = make(prompts, [0, 1])
-        assert any(not np.array_equal(single, in_batch) for single, in_batch in zip(alone, whole))
     finally:
         fast.disable(pipe)
+    # the int8 layers run the same calls as alone; the layers that stay bf16 run the whole batch, which oneDNN
+    # may sum in another order on another CPU (bit for bit equal on the Zen 4 where this was written)
+    grouped = max(float(np.abs(single - in_batch).max()) for single, in_batch in zip(alone, together))
+    ungrouped = max(float(np.abs(single - in_batch).max()) for single, in_batch in zip(alone, whole))
+    assert grouped <= 1e-3 and ungrouped > 10 * max(grouped, 1e-3)
 
 
 @pytest.mark.parametrize("plan", [dataclasses.replace(FP32_PLAN, onednn_linears=True),
