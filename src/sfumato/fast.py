@@ -35,7 +35,8 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
 * where the CPU has fast int8 dot products (AVX-512 VNNI; measured on Zen 4,
   which also has AVX-512 BF16), the convolutions in int8 (``sfumato.nn.int8_conv``):
   oneDNN's int8 convolutions run at 1.9x its bf16 ones there. Inputs are
-  quantized per call over their own range (nothing calibrated); a call whose
+  quantized at every call over each picture's own range (nothing calibrated;
+  ``sfumato.nn.batching``: a picture does not depend on its batch); a call whose
   range is stretched by outliers runs in bf16 instead;
 * freed memory kept in the process (``sfumato.allocator``, glibc; the
   generation body does it for every picture, in the parity mode too): large
@@ -92,7 +93,7 @@ class Plan:
     sdpa: bool = True  # fused attention through F.scaled_dot_product_attention
     # large 3x3 convolutions by Winograd F(4x4, 3x3) or one GEMM (sfumato.nn.fast_conv), for fp32 plans
     fast_convolutions: bool = False
-    # convolutions in int8 with inputs quantized per call (sfumato.nn.int8_conv), where the CPU has VNNI
+    # convolutions in int8 with inputs quantized per picture at every call (sfumato.nn.int8_conv), with VNNI
     int8_convolutions: bool = False
     # linear layers in int8 the same way (sfumato.nn.int8_linear)
     int8_linears: bool = False
@@ -208,8 +209,8 @@ def choose(capability: str, flags: Iterable[str], vendor: str = "") -> Plan:
         # measured on AVX-512 BF16 + VNNI without AMX (Zen 4): oneDNN's int8 convolutions run at 1.9x its bf16
         int8 = not amx and "avx512_vnni" in flags
         if int8:
-            reasons += ("int8 convolutions and linear layers (VNNI: 1.4-1.9x bf16's rate), inputs quantized per "
-                        "call, bf16 where outliers would make int8 coarse",)
+            reasons += ("int8 convolutions and linear layers (VNNI: 1.4-1.9x bf16's rate), inputs quantized per picture "
+                        "at every call, bf16 where outliers would make int8 coarse",)
         if onednn:
             reasons += ("the prior's and the encoders' " + onednn_reason,)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, int8_linears=int8,

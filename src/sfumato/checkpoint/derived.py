@@ -16,7 +16,8 @@ A value is reused only when it would come out bit for bit the same:
 * the key holds the files' identity (path, size, modification and change times,
   inode, and a hash of each file's first and last 64 KiB), the value's name,
   the model's dtype, device and layer classes (the fast mode's layers round
-  differently from the plain ones), the thread count and the torch version.
+  differently from the plain ones) and attention setting (transformers'),
+  the thread count and the torch version.
 
 The folder is ``$SFUMATO_CACHE_DIR``, else ``$XDG_CACHE_HOME/sfumato``, else
 ``~/.cache/sfumato``; ``SFUMATO_CACHE_DIR=off`` (or no home folder) keeps values in memory only.
@@ -105,7 +106,9 @@ def _key(model: nn.Module, name: str) -> tuple[str, torch.device] | None:
     if _tensors(model) != tensors or any(m._forward_hooks or m._forward_pre_hooks for m in modules):
         return None
     classes = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in modules})
-    described = [FORMAT, fingerprint, name, str(parameter.dtype), str(parameter.device), classes,
+    # transformers' models pick their attention code by a setting, not by a class
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    described = [FORMAT, fingerprint, name, str(parameter.dtype), str(parameter.device), classes, str(attention),
                  torch.get_num_threads(), torch.__version__]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest(), parameter.device
 
