@@ -27,7 +27,9 @@ resident memory with them is reported too) and the kernel's first choice should 
 depends on what the page cache holds, so before each run (untimed) ``--cache warm`` (the default) reads every
 checkpoint file, as on a machine where the model was just used (19.5 GB do not all fit next to a run's own
 memory in 24 GB: what does not fit is read again), and ``--cache cold`` drops the page cache (root only), as
-after a reboot.
+after a reboot. sfumato computes the prior's negative image embedding (the image encoder's embedding of an
+all-zero picture) once per machine and keeps it (``sfumato.checkpoint.derived``); ``--kept empty`` gives each
+sfumato run an empty folder for it, as for the first picture on a new machine.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,7 +180,7 @@ def prepare_cache(folder: Path, cache: str) -> str:
 
 
 def compare(folder: Path, runs: list[str], threads: int, limit: float, timeout: float, out: Path,
-            cache: str) -> None:
+            cache: str, kept: str = "as-is") -> None:
     import torch
 
     from sfumato import fast
@@ -190,8 +193,12 @@ def compare(folder: Path, runs: list[str], threads: int, limit: float, timeout: 
     rows = {}
     for run in runs:
         print(f"{run}: {prepare_cache(folder, cache)}", flush=True)
-        rows[run] = timed_run(command(run, folder, out / f"{run}.png"), env, limit, timeout)
-        print(json.dumps({"run": run, **rows[run]}), flush=True)
+        run_env = env
+        with tempfile.TemporaryDirectory(prefix="sfumato-kept-") as empty:
+            if kept == "empty" and run.startswith("sfumato"):
+                run_env = dict(env, SFUMATO_CACHE_DIR=empty)  # the first picture on a machine: nothing kept yet
+            rows[run] = timed_run(command(run, folder, out / f"{run}.png"), run_env, limit, timeout)
+        print(json.dumps({"run": run, "kept": kept if run.startswith("sfumato") else "-", **rows[run]}), flush=True)
     reference = rows.get("reference-fp32")
     print()
     print("| run | whole process | peak RSS (anonymous) | / reference fp32 default |")
@@ -219,6 +226,10 @@ def main() -> None:
     run.add_argument("--out", type=Path, default=Path("/tmp/txt2img_cpu"), help="folder for the pictures")
     run.add_argument("--cache", choices=("warm", "cold"), default="warm",
                      help="before each run, read the checkpoint's files (warm) or drop the page cache (cold, root)")
+    run.add_argument("--kept", choices=("as-is", "empty"), default="as-is",
+                     help="values sfumato keeps per machine (sfumato.checkpoint.derived: the prior's zero-picture "
+                          "embedding): as they are (a machine where sfumato ran before) or an empty folder for each "
+                          "sfumato run (the first picture on a new machine)")
     args = parser.parse_args()
     if args.action == "make":
         make_checkpoint(args.folder)
@@ -227,7 +238,7 @@ def main() -> None:
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"--runs: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
-    compare(args.folder, runs, args.threads, args.limit, args.timeout, args.out, args.cache)
+    compare(args.folder, runs, args.threads, args.limit, args.timeout, args.out, args.cache, args.kept)
 
 
 if __name__ == "__main__":
