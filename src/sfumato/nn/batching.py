@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .layout import memory_format_of
+
 _LAYOUT: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("sfumato_stacked_copies",
                                                                                  default=None)
 
@@ -60,20 +62,15 @@ def per_picture(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) ->
     pictures = picture_count(x.shape[0])
     if pictures == 1:
         return run(x)
-    layout = torch.channels_last if x.dim() == 4 and _channels_last(x) else torch.contiguous_format
+    layout = memory_format_of(x)
     out = None
     for index in range(pictures):
         part = run(x[index::pictures].contiguous(memory_format=layout))
         if out is None:
-            part_layout = torch.channels_last if part.dim() == 4 and _channels_last(part) else torch.contiguous_format
             out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device,
-                              memory_format=part_layout)
+                              memory_format=memory_format_of(part))
         out[index::pictures] = part
     return out
-
-
-def _channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 __all__ = ["per_picture", "picture_count", "stacked_copies"]

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .batching import per_picture
+from .layout import memory_format_of
 from .swap import restore_layers, swap_layers
 
 # fewer multiply-adds than this: the quantization passes cost more than the int8 products save
@@ -91,7 +92,7 @@ def quantize_input(x: torch.Tensor, max_error: float | None = None) -> tuple[tor
     the step coarse for everything else). Every pass runs over the memory as it lies, as one flat
     vector: the same element-wise operations over a channels-last tensor's logical order run 5-30x slower.
     """
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = memory_format_of(x) == torch.channels_last
     flat = (x.permute(0, 2, 3, 1) if channels_last else x.contiguous()).reshape(-1)
     low, high = torch.aminmax(flat)
     low, high = min(float(low), 0.0), max(float(high), 0.0)

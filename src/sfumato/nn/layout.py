@@ -22,6 +22,14 @@ import torch
 from torch import nn
 
 
+def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d tensor laid out channels-last (and not also plainly contiguous), else
+    ``torch.contiguous_format``: the layout to give the tensors made from it."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _is_channels_last(tensor: torch.Tensor) -> bool:
     """Dense channels-last strides, the layout convolution picks channels-last kernels for.
 

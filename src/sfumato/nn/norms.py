@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
+from .layout import memory_format_of
 
 # ``SpatialNorm`` always uses 32 groups, whatever the model's ``norm_num_groups``
 SPATIAL_NORM_GROUPS = 32
@@ -49,18 +50,12 @@ class SpatialNorm(nn.Module):
         normalised = F.group_norm(f, norm.num_groups, eps=norm.eps)
         # Broadcast elementwise ops are several times slower when operands differ in memory
         # layout: compute scale and shift in the layout of the normalised features.
-        zq = zq.contiguous(memory_format=_layout_of(normalised))
+        zq = zq.contiguous(memory_format=memory_format_of(normalised))
         # (normalised * g + b) * y + c  ==  normalised * (g * y) + (b * y + c)
         scale = self.conv_y(zq)
         shift = torch.addcmul(self.conv_b(zq), scale, norm.bias[:, None, None])
         scale = scale * norm.weight[:, None, None]
         return _modulate(normalised, scale, shift)
-
-
-def _layout_of(tensor: torch.Tensor) -> torch.memory_format:
-    if not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _modulate(features: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -81,7 +76,7 @@ def _modulate(features: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
         scale = F.interpolate(scale, size=(height, width), mode="nearest")
         shift = F.interpolate(shift, size=(height, width), mode="nearest")
         blocks = per_block = (batch, channels, height, width)
-    elif _layout_of(features) == torch.channels_last:
+    elif memory_format_of(features) == torch.channels_last:
         # channels are innermost: a (ratio_h x ratio_w) block of pixels shares one scale vector
         blocks = (batch, channels, low_height, ratio_h, low_width, ratio_w)
         per_block = (batch, channels, low_height, 1, low_width, 1)
