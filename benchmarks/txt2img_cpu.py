@@ -28,8 +28,9 @@ depends on what the page cache holds, so before each run (untimed) ``--cache war
 checkpoint file, as on a machine where the model was just used (19.5 GB do not all fit next to a run's own
 memory in 24 GB: what does not fit is read again), and ``--cache cold`` drops the page cache (root only), as
 after a reboot. sfumato computes the prior's negative image embedding (the image encoder's embedding of an
-all-zero picture) once per machine and keeps it (``sfumato.checkpoint.derived``); ``--kept empty`` gives each
-sfumato run an empty folder for it, as for the first picture on a new machine.
+all-zero picture) and the fast mode's converted weights once per machine and keeps them
+(``sfumato.checkpoint.derived``; ``--cache warm`` reads them too, last); ``--kept empty`` gives each sfumato run an
+empty folder for them, as for the first picture on a new machine.
 """
 
 from __future__ import annotations
@@ -170,13 +171,17 @@ def prepare_cache(folder: Path, cache: str) -> str:
         except OSError as error:
             raise SystemExit(f"--cache cold: cannot drop the page cache ({error}); run as root or use --cache warm")
         return "page cache dropped"
+    from sfumato.checkpoint.derived import cache_folder
+
     size = 0
-    for path in sorted(folder.rglob("*")):
+    kept = cache_folder()  # what sfumato keeps per machine (the fast mode's converted weights), read last
+    for path in [*sorted(folder.rglob("*")), *(sorted(kept.rglob("*")) if kept is not None and kept.is_dir() else [])]:
         if path.is_file():
             with open(path, "rb") as handle:
                 while chunk := handle.read(1 << 26):
                     size += len(chunk)
-    return f"read {size / 1e9:.1f} GB of checkpoint files in {time.perf_counter() - started:.0f} s (untimed)"
+    return (f"read {size / 1e9:.1f} GB of checkpoint files and kept values in {time.perf_counter() - started:.0f} s "
+            f"(untimed)")
 
 
 def compare(folder: Path, runs: list[str], threads: int, limit: float, timeout: float, out: Path,

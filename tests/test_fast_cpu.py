@@ -258,6 +258,60 @@ def test_int8_pictures_made_in_a_batch_equal_those_made_alone(pipe, monkeypatch)
     assert grouped <= 1e-3 and ungrouped > 10 * max(grouped, 1e-3)
 
 
+def _mapped_from(path, tensors) -> bool:
+    """Whether every tensor's memory lies in a mapping of the file at ``path`` (Linux)."""
+    with open("/proc/self/maps") as maps:
+        ranges = [tuple(int(n, 16) for n in line.split()[0].split("-")) for line in maps
+                  if line.rstrip().endswith(str(path.resolve()))]
+    return bool(ranges) and all(any(low <= t.data_ptr() < high for low, high in ranges) for t in tensors)
+
+
+@pytest.mark.parametrize("plan, kept_files", [(INT8_PLAN, 2), (BF16_PLAN, 2), (FP32_PLAN, 0)],
+                         ids=["int8", "bf16", "fp32"])
+def test_kept_fast_weights_make_the_same_pictures_without_converting_again(plan, kept_files, tmp_path, monkeypatch):
+    """The fast mode's cast and quantized weights are made once per machine and kept (checkpoint.derived): a
+    later process maps them instead of converting, and makes the same pictures bit for bit. fp32 plans cast
+    and quantize nothing, so they keep nothing."""
+    from sfumato.nn import int8_conv, int8_linear
+
+    if plan.int8_convolutions and not int8_conv.available():
+        pytest.skip("no oneDNN int8 convolution in this build")
+    monkeypatch.setattr(int8_conv, "MIN_MULTIPLICATIONS", 0)
+    monkeypatch.setattr(int8_linear, "MIN_MULTIPLICATIONS", 0)
+
+    def load():
+        loaded = sfumato.AutoPipelineForText2Image.from_pretrained(builtin_model("decoder"))
+        loaded.set_progress_bar_config(disable=True)
+        return sfumato.optimize(loaded, plan)
+
+    monkeypatch.setenv("SFUMATO_CACHE_DIR", "off")
+    plain = load()
+    expected = picture(plain)
+    fast.disable(plain)
+    fp32 = weights(plain)
+    monkeypatch.setenv("SFUMATO_CACHE_DIR", str(tmp_path))
+    np.testing.assert_array_equal(picture(load()), expected)  # converted and written
+    kept = sorted((tmp_path / "weights").glob("*.safetensors"))
+    assert len(kept) == kept_files  # the UNet's and the MoVQ's; the prior stays fp32 in every plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    for module in (int8_conv, int8_linear):
+        monkeypatch.setattr(module, "quantize_weight", refuse, raising=False)
+    monkeypatch.setattr(int8_conv, "weight_scale", refuse)
+    again = load()  # a new process: the kept weights are mapped, nothing is cast or quantized
+    if kept_files:
+        unet = again.decoder_pipe.unet
+        assert any(_mapped_from(path, [p.data for p in unet.parameters()]) for path in kept)
+        assert all(p.dtype == plan.dtype for p in unet.parameters())
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in unet.parameters() if p.ndim == 4)
+    np.testing.assert_array_equal(picture(again), expected)
+    fast.disable(again)
+    after = weights(again)
+    assert all(torch.equal(fp32[key], after[key]) for key in fp32)
+
+
 @pytest.mark.parametrize("plan", [dataclasses.replace(FP32_PLAN, onednn_linears=True),
                                   dataclasses.replace(INT8_PLAN, onednn_linears=True)], ids=["fp32", "int8"])
 def test_onednn_linear_layers_keep_the_picture_and_undo_exactly(pipe, plan, monkeypatch):

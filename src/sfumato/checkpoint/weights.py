@@ -132,6 +132,14 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def safetensors_dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of ``dtype`` ("F32", "BF16", "I8", ...)."""
+    for name, known in _SAFETENSORS_DTYPES.items():
+        if known == dtype:
+            return name
+    raise ValueError(f"dtype {dtype} has no safetensors name")
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """The JSON header of a safetensors file (tensor name -> dtype, shape, byte range) and where data starts."""
     with open(path, "rb") as handle:

@@ -42,7 +42,7 @@ from torch import nn
 
 from .batching import per_picture
 from .layout import memory_format_of
-from .swap import restore_layers, swap_layers
+from .swap import qualifying_layers, restore_layers, swap_layers
 
 # fewer multiply-adds than this: the quantization passes cost more than the int8 products save
 MIN_MULTIPLICATIONS = 50_000_000
@@ -72,12 +72,18 @@ def qualifies(conv: nn.Module) -> bool:
             and isinstance(conv.padding, tuple) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
 
 
+def weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """The fp32 scale per output channel (the first dimension) that :func:`quantize_weight` gives ``weight``."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=tuple(range(1, weight.dim()))).clamp(min=torch.finfo(torch.float32).tiny)
+    return scale / _INT8_MAX
+
+
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A convolution's or linear layer's float weights -> (int8 weights, fp32 scale per output channel, the
     first dimension), symmetric."""
+    scale = weight_scale(weight)
     weight = weight.detach().float()
-    scale = weight.abs().amax(dim=tuple(range(1, weight.dim()))).clamp(min=torch.finfo(torch.float32).tiny)
-    scale = scale / _INT8_MAX
     per_row = scale.view(-1, *[1] * (weight.dim() - 1))
     quantized = torch.round(weight / per_row).clamp(-_INT8_MAX, _INT8_MAX).to(torch.int8)
     return quantized, scale
@@ -124,13 +130,16 @@ class Int8Conv2d(nn.Conv2d):
 
     _int8: tuple | None = None  # (weight zero point per output channel, fp32 bias)
     _packed: dict | None = None  # per way of running ("conv", "gemm"): (weights packed for oneDNN, scale per channel)
-    _source: torch.Tensor | None = None  # the weights as they were at prepare(), which both ways quantize
+    # the weights as they were at prepare(), which both ways quantize; or their int8 values and scales, given
+    _source: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def prepare(self) -> None:
+    def prepare(self, quantized: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Get ready to run in int8, from the weights as they are now or from ``quantized``: what
+        :func:`quantize_weight` makes of them (the fast mode reads them from its kept copy)."""
         # the weights as they are now (in the fast mode: fp32, before its cast to bf16; the same tensor the fast
         # mode keeps to undo that cast, so no copy): quantized from bf16 instead, the worst of 270 built-in
         # pictures fell from 33.2 to 29.2 dB
-        self._source = self.weight.detach()
+        self._source = self.weight.detach() if quantized is None else quantized
         bias = None if self.bias is None else self.bias.detach().float()
         self._int8 = (torch.zeros(self.out_channels, dtype=torch.int64), bias)
         self._packed = {}
@@ -139,10 +148,11 @@ class Int8Conv2d(nn.Conv2d):
         """The weights packed for ``way``, made when that way first runs, and their scale per output channel.
 
         Both ways quantize the weights :meth:`prepare` saw, so a picture does not depend on which way a layer ran
-        first. No int8 copy is kept besides the packed one for each way in use (a full-size UNet's int8 weights
-        are 1.25 GB; kept, a plain copy pushed the whole picture's memory from 4.7 to 5.7 GiB)."""
+        first. No int8 copy is kept in memory besides the packed one for each way in use (a full-size UNet's int8
+        weights are 1.25 GB; kept, a plain copy pushed the whole picture's memory from 4.7 to 5.7 GiB); given ones
+        are the fast mode's memory-mapped file."""
         if way not in self._packed:
-            quantized, scale = quantize_weight(self._source)
+            quantized, scale = self._source if isinstance(self._source, tuple) else quantize_weight(self._source)
             if way == "gemm":  # rows (C_out, kh x kw x C_in), the order of an unfolded channels-last window
                 rows = quantized.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
                 packed = torch.ops.onednn.qlinear_prepack(rows, None)
@@ -209,9 +219,16 @@ def unfold(x: torch.Tensor, pad_value: int, kernel_size: tuple[int, int], stride
     return windows.reshape(-1, kh * kw * channels)
 
 
-def use_int8_convolutions(model: nn.Module) -> int:
-    """Turn every qualifying ``nn.Conv2d`` of ``model`` into a prepared :class:`Int8Conv2d`; returns how many."""
-    return swap_layers(model, nn.Conv2d, Int8Conv2d, qualifies) if available() else 0
+def to_convert(model: nn.Module) -> list[str]:
+    """The names of the convolutions :func:`use_int8_convolutions` would turn into :class:`Int8Conv2d`."""
+    return qualifying_layers(model, nn.Conv2d, qualifies) if available() else []
+
+
+def use_int8_convolutions(model: nn.Module, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                          ) -> int:
+    """Turn every qualifying ``nn.Conv2d`` of ``model`` into a prepared :class:`Int8Conv2d` (from
+    ``quantized[name]``, :func:`quantize_weight`'s result, where given); returns how many."""
+    return swap_layers(model, nn.Conv2d, Int8Conv2d, qualifies, quantized) if available() else 0
 
 
 def stop_int8_convolutions(model: nn.Module) -> None:
@@ -220,4 +237,4 @@ def stop_int8_convolutions(model: nn.Module) -> None:
 
 
 __all__ = ["Int8Conv2d", "available", "qualifies", "quantize_input", "quantize_weight", "stop_int8_convolutions",
-           "unfold", "use_int8_convolutions"]
+           "to_convert", "unfold", "use_int8_convolutions", "weight_scale"]

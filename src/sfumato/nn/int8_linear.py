@@ -16,7 +16,7 @@ from torch import nn
 from . import int8_conv
 from .int8_conv import quantize_input, quantize_weight
 from .batching import per_picture
-from .swap import restore_layers, swap_layers
+from .swap import qualifying_layers, restore_layers, swap_layers
 
 # fewer multiply-adds than this (a time embedding's few rows): the plain layer
 MIN_MULTIPLICATIONS = 10_000_000
@@ -41,8 +41,10 @@ class Int8Linear(nn.Linear):
 
     _int8: tuple | None = None
 
-    def prepare(self) -> None:
-        quantized, scale = quantize_weight(self.weight)
+    def prepare(self, quantized: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Quantize and pack the weights as they are now, or pack ``quantized``: what :func:`quantize_weight`
+        makes of them (the fast mode reads them from its kept copy)."""
+        quantized, scale = quantize_weight(self.weight) if quantized is None else quantized
         packed = torch.ops.onednn.qlinear_prepack(quantized, None)
         bias = None if self.bias is None else self.bias.detach().float()
         self._int8 = (packed, scale, torch.zeros(self.out_features, dtype=torch.int64), bias)
@@ -68,9 +70,15 @@ class Int8Linear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def use_int8_linears(model: nn.Module) -> int:
-    """Turn every qualifying ``nn.Linear`` of ``model`` into a prepared :class:`Int8Linear`; returns how many."""
-    return swap_layers(model, nn.Linear, Int8Linear, qualifies) if available() else 0
+def to_convert(model: nn.Module) -> list[str]:
+    """The names of the linear layers :func:`use_int8_linears` would turn into :class:`Int8Linear`."""
+    return qualifying_layers(model, nn.Linear, qualifies) if available() else []
+
+
+def use_int8_linears(model: nn.Module, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> int:
+    """Turn every qualifying ``nn.Linear`` of ``model`` into a prepared :class:`Int8Linear` (from
+    ``quantized[name]``, :func:`quantize_weight`'s result, where given); returns how many."""
+    return swap_layers(model, nn.Linear, Int8Linear, qualifies, quantized) if available() else 0
 
 
 def stop_int8_linears(model: nn.Module) -> None:
@@ -78,4 +86,4 @@ def stop_int8_linears(model: nn.Module) -> None:
     restore_layers(model, Int8Linear, nn.Linear, drop=("_int8",))
 
 
-__all__ = ["Int8Linear", "available", "qualifies", "stop_int8_linears", "use_int8_linears"]
+__all__ = ["Int8Linear", "available", "qualifies", "stop_int8_linears", "to_convert", "use_int8_linears"]

@@ -55,6 +55,10 @@ def _follow(conv: nn.Conv2d, inputs: tuple) -> None:
         weight.data = weight.data.contiguous(memory_format=wanted)
 
 
+# it changes a weight's layout, never its values (sfumato.checkpoint.derived keeps values past such hooks)
+_follow.leaves_values_alone = True
+
+
 def follow_input_layout(model: nn.Module) -> nn.Module:
     """Let every 2-d convolution in ``model`` keep its weight in its input's layout (see the module doc)."""
     for module in model.modules():

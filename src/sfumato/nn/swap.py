@@ -3,21 +3,30 @@ same state dict): how the fast mode's Winograd/GEMM and int8 layers go in and co
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 
-def swap_layers(model: nn.Module, plain: type, fast: type, qualifies: Callable[[nn.Module], bool]) -> int:
+def qualifying_layers(model: nn.Module, plain: type, qualifies: Callable[[nn.Module], bool]) -> list[str]:
+    """The names of the layers of exactly type ``plain`` that ``qualifies``: what :func:`swap_layers` swaps."""
+    return [name for name, module in model.named_modules() if type(module) is plain and qualifies(module)]
+
+
+def swap_layers(model: nn.Module, plain: type, fast: type, qualifies: Callable[[nn.Module], bool],
+                prepared: Mapping[str, Any] | None = None) -> int:
     """Every layer of exactly type ``plain`` that ``qualifies`` becomes a ``fast`` (its ``prepare()`` run when it
-    has one); returns how many."""
+    has one, given ``prepared[name]`` when there is such an entry); returns how many."""
     count = 0
-    for module in model.modules():
-        if type(module) is plain and qualifies(module):
-            module.__class__ = fast
-            if hasattr(module, "prepare"):
+    for name in qualifying_layers(model, plain, qualifies):
+        module = model.get_submodule(name)
+        module.__class__ = fast
+        if hasattr(module, "prepare"):
+            if prepared is not None and name in prepared:
+                module.prepare(prepared[name])
+            else:
                 module.prepare()
-            count += 1
+        count += 1
     return count
 
 
