@@ -49,10 +49,10 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   (``sfumato.checkpoint.derived.cached_tensors``, beside the values kept there):
   a later process maps them instead of converting, and the fp32 weights they
   came from are never read. For the full-size 2.2 UNet on the Zen 4, load +
-  conversion + first step took 8.1 s instead of 16.6 s with the files in the
-  page cache and 15.5 s instead of 26.8 s from a cold disk, and the process
-  held 3.1 instead of 9.0 GiB; making and writing the 3.8 GB file costs ~20 s
-  once. The same pictures, bit for bit.
+  conversion + first step took 8.2 s instead of 16.6 s with the files in the
+  page cache and 14.6-16.4 s instead of 26.3-27.2 s from a cold disk, and the
+  process held 3.1 instead of 9.0 GiB; making and writing the 3.8 GB file
+  costs 18-28 s once. The same pictures, bit for bit.
 
 fp32 stays where precision matters: the models keep taking and returning fp32
 tensors (and report ``dtype == float32``), so the scheduler's arithmetic, the
@@ -511,7 +511,7 @@ def _stored_conversion(model: nn.Module, dtype: torch.dtype | None, layout: bool
     for each of ``int8_layers`` its weights as ``quantize_weight`` makes them ("int8:<layer>", "int8-scale:<layer>").
 
     None when nothing is cast or quantized (nothing worth keeping) or nothing can be kept: the caller converts in
-    memory. A full-size 2.2 UNet's come to 3.8 GB (bf16 and int8) and take ~20 s to make and write once; read
+    memory. A full-size 2.2 UNet's come to 3.8 GB (bf16 and int8) and take 18-28 s more to make and write once; read
     back they are mapped, and int8 layers' bf16 weights, used only by the calls that fall back, are read only
     then.
     """
