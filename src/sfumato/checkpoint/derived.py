@@ -237,13 +237,13 @@ def _map(path: Path, spec: dict[str, tuple[torch.dtype, tuple[int, ...]]],
     from .weights import _SAFETENSORS_DTYPES, _safetensors_header
 
     try:
-        header, data_start = _safetensors_header(path)
-        header.pop(_PADDING, None)
-        if header.keys() != spec.keys():
-            return None
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        with open(path, "rb") as handle:  # header and mapping from the same file, even if it is replaced meanwhile
+            header, data_start = _safetensors_header(handle)
+            header.pop(_PADDING, None)
+            if header.keys() != spec.keys():
+                return None
+            size = os.fstat(handle.fileno()).st_size
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
             tensors, often = {}, [size, 0]
             for item, info in header.items():
                 dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -140,13 +141,18 @@ def safetensors_dtype_name(dtype: torch.dtype) -> str:
     raise ValueError(f"dtype {dtype} has no safetensors name")
 
 
-def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file (tensor name -> dtype, shape, byte range) and where data starts."""
-    with open(path, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
+def _safetensors_header(path: Path | BinaryIO) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, byte range) and where data starts;
+    ``path`` may be a file open for binary reading, read from its start."""
+    if not isinstance(path, (str, Path)):
+        path.seek(0)
+        size = int.from_bytes(path.read(8), "little")
         if size <= 0 or size > 100_000_000:
             raise ValueError(f"header size {size} is not plausible")
-        header = json.loads(handle.read(size))
+        header = json.loads(path.read(size))
+    else:
+        with open(path, "rb") as handle:
+            return _safetensors_header(handle)
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     header.pop("__metadata__", None)
