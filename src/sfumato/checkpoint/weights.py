@@ -141,18 +141,17 @@ def safetensors_dtype_name(dtype: torch.dtype) -> str:
     raise ValueError(f"dtype {dtype} has no safetensors name")
 
 
-def _safetensors_header(path: Path | BinaryIO) -> tuple[dict, int]:
+def _safetensors_header(source: Path | BinaryIO) -> tuple[dict, int]:
     """The JSON header of a safetensors file (tensor name -> dtype, shape, byte range) and where data starts;
-    ``path`` may be a file open for binary reading, read from its start."""
-    if not isinstance(path, (str, Path)):
-        path.seek(0)
-        size = int.from_bytes(path.read(8), "little")
-        if size <= 0 or size > 100_000_000:
-            raise ValueError(f"header size {size} is not plausible")
-        header = json.loads(path.read(size))
-    else:
-        with open(path, "rb") as handle:
+    ``source`` is the file's path, or the file open for binary reading (read from its start)."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as handle:
             return _safetensors_header(handle)
+    source.seek(0)
+    size = int.from_bytes(source.read(8), "little")
+    if size <= 0 or size > 100_000_000:
+        raise ValueError(f"header size {size} is not plausible")
+    header = json.loads(source.read(size))
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     header.pop("__metadata__", None)
