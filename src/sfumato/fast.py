@@ -48,7 +48,7 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   int8) made once per machine and kept on disk
   (``sfumato.checkpoint.derived.cached_tensors``, beside the values kept there):
   a later process maps them instead of converting, and the fp32 weights they
-  came from are never read. For the full-size 2.2 UNet on the Zen 4, load +
+  came from are not used. For the full-size 2.2 UNet on the Zen 4, load +
   conversion + first step took 8.2 s instead of 16.6 s with the files in the
   page cache and 14.6-16.4 s instead of 26.3-27.2 s from a cold disk, and the
   process held 3.1 instead of 9.0 GiB; making and writing the 3.8 GB file
