@@ -41,6 +41,8 @@ def main() -> None:
                              "depend on its neighbours; 1: as `sfumato generate` makes it)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="the plan's dtype around the int8 convolutions")
+    parser.add_argument("--sdpa", action="store_true",
+                        help="SDPA attention even where this CPU's plan runs attention as bf16 matrix products")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not int8_conv.available():
@@ -55,6 +57,8 @@ def main() -> None:
     # this CPU's plan (its oneDNN linear layers too, where it has them) in the chosen dtype, without compilation
     base = dataclasses.replace(fast.plan_for_this_cpu(), dtype=dtype, int8_convolutions=False, int8_linears=False,
                                fast_convolutions=False, compile=False)
+    if args.sdpa:
+        base = dataclasses.replace(base, matmul_attention=False)
 
     runs = {}
     started = time.perf_counter()

@@ -27,6 +27,7 @@ def test_sapphire_rapids_gets_bf16_channels_last_and_compile():
     plan = fast.choose("AVX512", SAPPHIRE_RAPIDS_FLAGS)
     assert plan.dtype == torch.bfloat16
     assert plan.channels_last and plan.sdpa and plan.compile
+    assert not plan.matmul_attention and "SDPA attention" in plan.describe()  # its fused kernel uses AMX there
     assert not plan.fast_convolutions  # AMX runs oneDNN's bf16 convolutions fast
     assert not plan.int8_convolutions  # not measured there
 
@@ -36,6 +37,7 @@ def test_zen3_gets_fp32_channels_last_never_bf16():
     assert plan.dtype == torch.float32
     assert plan.channels_last and plan.sdpa and plan.fast_convolutions
     assert not plan.compile and not plan.int8_convolutions  # no VNNI on Zen 3
+    assert not plan.matmul_attention  # fp32: SDPA's fused kernel beats fp32 products
     assert "Winograd/GEMM" in plan.describe()
 
 
@@ -43,6 +45,9 @@ def test_avx512_bf16_with_vnni_without_amx_gets_bf16_and_int8_convolutions():
     plan = fast.choose("AVX512", ZEN4_FLAGS)
     assert plan.dtype == torch.bfloat16 and not plan.compile and not plan.fast_convolutions
     assert plan.int8_convolutions and plan.int8_linears and "int8 linear layers" in plan.describe()
+    # SDPA's fused kernel has no bf16 fast path without AMX
+    assert plan.matmul_attention and "attention as bf16 matrix products" in plan.describe()
+    assert "SDPA attention" not in plan.describe()
     without_vnni = fast.choose("AVX512", [flag for flag in ZEN4_FLAGS if flag != "avx512_vnni"])
     assert without_vnni.dtype == torch.bfloat16 and not without_vnni.int8_convolutions
 
@@ -227,6 +232,34 @@ def test_int8_convolutions_keep_the_picture_and_undo_exactly(pipe, monkeypatch):
     np.testing.assert_array_equal(picture(pipe), parity)
 
 
+def attention_layers(pipe) -> dict[str, list]:
+    return {name: [m for m in model.modules() if hasattr(type(m), "products_attention")]
+            for name, model in fast._fast_models(pipe)}
+
+
+def test_attention_as_bf16_products_keeps_the_picture_and_undoes_exactly(pipe, monkeypatch):
+    from sfumato.nn import attention
+
+    parity = picture(pipe)
+    plan = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, matmul_attention=True)
+    sfumato.optimize(pipe, plan)
+    layers = attention_layers(pipe)
+    assert layers["unet"] and layers["movq"]  # the UNet's Attention and the MoVQ's SpatialSelfAttention
+    assert all(layer.products_attention for name in ("unet", "movq") for layer in layers[name])
+    assert not any(layer.products_attention for layer in layers["prior_prior"])  # the prior stays fp32
+    calls = []
+    monkeypatch.setattr(attention, "products_attention",
+                        lambda *args, real=attention.products_attention: calls.append(1) or real(*args))
+    quick = picture(pipe)
+    assert len(calls) >= 12  # at every UNet step
+    assert psnr(parity, quick) >= 30.0
+    fast.disable(pipe)
+    assert not any(layer.products_attention for found in attention_layers(pipe).values() for layer in found)
+    assert all("products_attention" not in layer.__dict__ for found in attention_layers(pipe).values()
+               for layer in found)
+    np.testing.assert_array_equal(picture(pipe), parity)
+
+
 def test_int8_pictures_made_in_a_batch_equal_those_made_alone(pipe, monkeypatch):
     """The int8 layers quantize each picture's rows on their own (nn.batching): a prompt's picture does not depend
     on the prompts beside it. Quantized over the whole batch instead, it did (35-40 dB from the picture alone)."""
@@ -375,6 +408,7 @@ def test_fp32_parts_get_the_plan_in_fp32_without_int8():
     for name in ("prior", "prior_prior"):  # a pipeline's prior, and a combined pipeline's
         part = fast.plan_for_part(INT8_PLAN, name)
         assert part.dtype == torch.float32 and not part.int8_convolutions and not part.int8_linears
+        assert not part.matmul_attention
         assert part.channels_last and part.sdpa and part.keep_freed_memory
     assert fast.plan_for_part(INT8_PLAN, "unet") is INT8_PLAN
     assert fast.plan_for_part(INT8_PLAN, "movq") is INT8_PLAN

@@ -18,7 +18,12 @@ fast mode trades that for speed, where the CPU makes a trade worth it:
   turns channels-last only where the reference does (after the first
   attention), to keep its rounding;
 * attention through ``F.scaled_dot_product_attention`` (its fused flash kernel
-  on CPU): already sfumato's default processor, so the plan only records it;
+  on CPU): already sfumato's default processor, so the plan only records it.
+  Without AMX that kernel has no bf16 fast path (it runs as fast in bf16 as in
+  fp32), so where the plan is bf16 there, attention runs as two bf16 matrix
+  products and a softmax instead (``sfumato.nn.attention.products_attention``;
+  on a 2-core Zen 5, 2x per call at a UNet's 32x32 maps, 3.6x at the MoVQ's
+  64x64), with the scores rounded to bf16 before the softmax;
 * where the plan is fp32, the large 3x3 convolutions by Winograd F(4x4, 3x3)
   on large maps and by one GEMM on the smallest (``sfumato.nn.fast_conv``):
   without bf16 hardware, oneDNN's fp32 convolutions already run at 80-95% of
@@ -101,6 +106,9 @@ class Plan:
     channels_last: bool = True
     compile: bool = False
     sdpa: bool = True  # fused attention through F.scaled_dot_product_attention
+    # bf16 attention as two bf16 matrix products and a softmax (sfumato.nn.attention.products_attention), where
+    # SDPA's fused kernel has no bf16 fast path (AVX-512 BF16 without AMX); SDPA stays for masked calls
+    matmul_attention: bool = False
     # large 3x3 convolutions by Winograd F(4x4, 3x3) or one GEMM (sfumato.nn.fast_conv), for fp32 plans
     fast_convolutions: bool = False
     # convolutions in int8 with inputs quantized per picture at every call (sfumato.nn.int8_conv), with VNNI
@@ -125,7 +133,8 @@ class Plan:
     def describe(self) -> str:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
         parts = [name] + [label for on, label in ((self.channels_last, "channels_last"),
-                                                  (self.sdpa, "SDPA attention"),
+                                                  (self.sdpa and not self.matmul_attention, "SDPA attention"),
+                                                  (self.matmul_attention, "attention as bf16 matrix products"),
                                                   (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
                                                   (self.int8_convolutions, "int8 convolutions"),
                                                   (self.int8_linears, "int8 linear layers"),
@@ -211,7 +220,9 @@ def choose(capability: str, flags: Iterable[str], vendor: str = "") -> Plan:
         amx = "amx_bf16" in flags or capability.upper() == "AMX"
         reasons = ("native bf16 (" + ("AMX" if amx else "AVX-512 BF16") + "): bf16 weights and activations",
                    "channels_last: oneDNN's NHWC kernels are its fastest",
-                   "SDPA's fused CPU attention",
+                   "SDPA's fused CPU attention" if amx else
+                   "attention as bf16 matrix products and a softmax: SDPA's fused kernel has no bf16 fast path "
+                   "without AMX (measured on Zen 5: 2-3.6x slower per call)",
                    "freed memory kept for reuse: no page faults on large activations")
         if amx:
             reasons += ("torch.compile: measured ~1.5x per UNet step on AMX, compiled once and cached",
@@ -224,7 +235,7 @@ def choose(capability: str, flags: Iterable[str], vendor: str = "") -> Plan:
         if onednn:
             reasons += ("the prior's and the encoders' " + onednn_reason,)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, int8_linears=int8,
-                    onednn_linears=onednn, reasons=reasons)
+                    onednn_linears=onednn, matmul_attention=not amx, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
     # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
     avx2 = capability.upper() == "AVX2"
@@ -369,6 +380,7 @@ class _Undo:
     int8_convolutions: bool = False  # its convolutions became Int8Conv2d
     int8_linears: bool = False  # its linear layers became Int8Linear
     onednn_linears: bool = False  # its fp32 linear layers became OnednnLinear
+    matmul_attention: bool = False  # its attention layers run products_attention
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -415,7 +427,8 @@ def plan_for_part(plan: Plan, name: str) -> Plan:
         return Plan(onednn_linears=plan.onednn_linears, keep_freed_memory=plan.keep_freed_memory,
                     channels_last=False, fp32_parts=plan.fp32_parts, reasons=plan.reasons)
     if kind in plan.fp32_parts:
-        return dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False)
+        return dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False,
+                                   matmul_attention=False)
     return plan
 
 
@@ -456,6 +469,8 @@ def disable(pipe: Any) -> Any:
             from .nn.onednn_linear import stop_onednn_linears
 
             stop_onednn_linears(model)
+        if undo.matmul_attention:
+            _set_products_attention(model, False)
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
                 tensor.data = undo.tensors[key]
@@ -617,6 +632,7 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
 
         # after the int8 swap: only the linear layers left in fp32
         onednn_linears = use_onednn_linears(model) > 0
+    matmul_attention = plan.matmul_attention and plan.dtype == torch.bfloat16 and _set_products_attention(model, True)
     if plan.keep_freed_memory:
         keep_freed_memory()
     compiled = False
@@ -624,4 +640,16 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         model.compile(dynamic=False)
         compiled = True
     model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
-                                     int8_convolutions, int8_linears, onednn_linears)
+                                     int8_convolutions, int8_linears, onednn_linears, matmul_attention)
+
+
+def _set_products_attention(model: nn.Module, on: bool) -> bool:
+    """Turn ``products_attention`` on or off (back to the class's default) for ``model``'s attention layers (those
+    whose class declares it); returns whether it has any."""
+    layers = [module for module in model.modules() if hasattr(type(module), "products_attention")]
+    for layer in layers:
+        if on:
+            layer.products_attention = True
+        else:
+            layer.__dict__.pop("products_attention", None)
+    return bool(layers)

@@ -312,3 +312,15 @@ def test_seldom_used_tensors_are_kept_last_in_a_plain_safetensors_file(movq_fold
     assert set(plain) - set(spec) <= {"__padding__"}
     assert all(torch.equal(plain[key], value[key]) for key in spec)
     assert torch.equal(value["scale"], extra["scale"]) and torch.equal(value["count"], extra["count"])
+
+
+def test_attention_as_bf16_products_has_its_own_key(movq_folder):
+    model = sfumato.VQModel.from_pretrained(movq_folder)
+    layers = [m for m in model.modules() if hasattr(type(m), "products_attention")]
+    assert layers
+    plain = derived._key(model, "value")
+    assert plain is not None
+    layers[0].products_attention = True  # what the fast mode sets: another rounding, another key
+    assert derived._key(model, "value") not in (None, plain)
+    del layers[0].products_attention
+    assert derived._key(model, "value") == plain

@@ -17,7 +17,8 @@ A value is reused only when it would come out bit for bit the same:
 * the key holds the files' identity (path, size, modification and change times,
   inode, and a hash of each file's first and last 64 KiB), the value's name,
   the model's dtype, device and layer classes (the fast mode's layers round
-  differently from the plain ones) and attention setting (transformers'),
+  differently from the plain ones) and attention setting (transformers', and
+  the fast mode's bf16 products),
   the thread count and the torch version.
 
 The folder is ``$SFUMATO_CACHE_DIR``, else ``$XDG_CACHE_HOME/sfumato``, else
@@ -130,6 +131,8 @@ def _key(model: nn.Module, name: str, threads: bool = True) -> tuple[str, torch.
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     described = [FORMAT, fingerprint, name, str(parameter.dtype), str(parameter.device), classes, str(attention),
                  torch.get_num_threads() if threads else None, torch.__version__]
+    if any(getattr(m, "products_attention", False) for m in modules):  # sfumato's, set by the fast mode
+        described.append("products attention")
     return hashlib.sha256(json.dumps(described).encode()).hexdigest(), parameter.device
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.activations import get_activation
+from ..nn.attention import sdpa
 from ..nn.norms import SPATIAL_NORM_GROUPS, SpatialNorm, _can_overwrite
 from ..nn.sampling import Downsample2D, Upsample2D
 from ..outputs import BaseOutput
@@ -125,6 +126,8 @@ class SpatialSelfAttention(nn.Module):
 
     # old checkpoints name the projections query/key/value/proj_attn; see ``legacy_key_renames``
     _from_deprecated_attn_block = True
+    # set by the fast CPU mode, as on ``sfumato.nn.attention.Attention``
+    products_attention: bool = False
 
     def __init__(self, channels: int, norm_num_groups: int, zq_channels: int | None = None):
         super().__init__()
@@ -152,7 +155,8 @@ class SpatialSelfAttention(nn.Module):
         tokens = normed.transpose(1, 2)  # (batch, pixels, channels)
         query, key, value = (proj(tokens).view(batch, -1, 1, channels).transpose(1, 2)
                              for proj in (self.to_q, self.to_k, self.to_v))
-        attended = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).reshape(batch, -1, channels)
+        attended = sdpa(query, key, value, products=self.products_attention)
+        attended = attended.transpose(1, 2).reshape(batch, -1, channels)
         attended = self.to_out[0](attended)
         # The (batch, pixels, channels) result viewed as (batch, channels, h, w) is channels-last,
         # and as the first operand it makes the sum channels-last too: the reference's order,
