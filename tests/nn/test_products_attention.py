@@ -60,3 +60,18 @@ def test_sdpa_runs_products_only_for_unmasked_bf16_cpu_calls():
         assert torch.equal(sdpa(q, k, v, products=True), expected)
     q, k, v = query.bfloat16(), key.bfloat16(), value.bfloat16()
     assert torch.equal(sdpa(q, k, v, scale=0.5, products=True), products_attention(q, k, v, 0.5))
+
+
+def test_keys_are_centred_so_a_shared_offset_costs_no_precision():
+    """Every key sharing a large component shifts each query's scores by one constant, which softmax ignores; rounded
+    to bf16 with it, the scores would lose ~2^-9 of its size."""
+    query, key, value = qkv(2, 2, 30, 40, 16, seed=5)
+    key = key + 16.0 * torch.randn(1, 1, 1, 16, generator=torch.Generator().manual_seed(4))
+    exact = F.scaled_dot_product_attention(query.double(), key.double(), value.double())
+    q, k, v = query.bfloat16(), key.bfloat16(), value.bfloat16()
+    error = (products_attention(q, k, v, 0.25).double() - exact).abs().max().item()
+    fused_error = (F.scaled_dot_product_attention(q, k, v).double() - exact).abs().max().item()
+    # as close as SDPA's bf16 (whose keys carry the offset's rounding too); uncentred scores doubled the error here
+    assert error <= 1.2 * fused_error + 1e-3
+    uncentred = torch.matmul(torch.matmul(q * 0.25, k.transpose(-1, -2)).softmax(dim=-1), v)
+    assert (uncentred.double() - exact).abs().max().item() > 1.5 * error
