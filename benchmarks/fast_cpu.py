@@ -35,8 +35,9 @@ from the parts' times; it leaves out start-up and the text/image encoders
 ``--mechanisms`` instead times sfumato alone with the plan's mechanisms added
 one at a time (fp32 + channels-last, then the plan's dtype, then freed memory
 kept, then attention as bf16 matrix products, Winograd/GEMM or int8
-convolutions and linear layers), for the UNet step and the MoVQ decode at 512 px: what each contributes on this CPU. Keeping
-freed memory cannot be undone in a process, so the MoVQ's rows all have it.
+convolutions and linear layers), for the UNet step and the MoVQ decode at
+512 px: what each contributes on this CPU. Keeping freed memory cannot be
+undone in a process, so the MoVQ's rows all have it.
 """
 
 from __future__ import annotations
@@ -241,8 +242,9 @@ def mechanisms(plan: fast.Plan, repeats: int) -> None:
     if plan.keep_freed_memory:
         current = dataclasses.replace(current, keep_freed_memory=True)
         steps.append(("+ freed memory kept", current))
-    for flag, label in (("matmul_attention", "+ attention as bf16 products"),
-                        ("fast_convolutions", "+ Winograd/GEMM convolutions"), ("int8_convolutions", "+ int8 convolutions"),
+    for flag, label in (("products_attention", "+ attention as bf16 products"),
+                        ("fast_convolutions", "+ Winograd/GEMM convolutions"),
+                        ("int8_convolutions", "+ int8 convolutions"),
                         ("int8_linears", "+ int8 linear layers"), ("compile", "+ torch.compile")):
         if getattr(plan, flag):
             current = dataclasses.replace(current, **{flag: True})

@@ -58,7 +58,7 @@ def main() -> None:
     base = dataclasses.replace(fast.plan_for_this_cpu(), dtype=dtype, int8_convolutions=False, int8_linears=False,
                                fast_convolutions=False, compile=False)
     if args.sdpa:
-        base = dataclasses.replace(base, matmul_attention=False)
+        base = dataclasses.replace(base, products_attention=False)
 
     runs = {}
     started = time.perf_counter()

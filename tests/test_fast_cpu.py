@@ -27,7 +27,7 @@ def test_sapphire_rapids_gets_bf16_channels_last_and_compile():
     plan = fast.choose("AVX512", SAPPHIRE_RAPIDS_FLAGS)
     assert plan.dtype == torch.bfloat16
     assert plan.channels_last and plan.sdpa and plan.compile
-    assert not plan.matmul_attention and "SDPA attention" in plan.describe()  # its fused kernel uses AMX there
+    assert not plan.products_attention and "SDPA attention" in plan.describe()  # its fused kernel uses AMX there
     assert not plan.fast_convolutions  # AMX runs oneDNN's bf16 convolutions fast
     assert not plan.int8_convolutions  # not measured there
 
@@ -37,7 +37,7 @@ def test_zen3_gets_fp32_channels_last_never_bf16():
     assert plan.dtype == torch.float32
     assert plan.channels_last and plan.sdpa and plan.fast_convolutions
     assert not plan.compile and not plan.int8_convolutions  # no VNNI on Zen 3
-    assert not plan.matmul_attention  # fp32: SDPA's fused kernel beats fp32 products
+    assert not plan.products_attention  # fp32: SDPA's fused kernel beats fp32 products
     assert "Winograd/GEMM" in plan.describe()
 
 
@@ -46,7 +46,7 @@ def test_avx512_bf16_with_vnni_without_amx_gets_bf16_and_int8_convolutions():
     assert plan.dtype == torch.bfloat16 and not plan.compile and not plan.fast_convolutions
     assert plan.int8_convolutions and plan.int8_linears and "int8 linear layers" in plan.describe()
     # SDPA's fused kernel has no bf16 fast path without AMX
-    assert plan.matmul_attention and "attention as bf16 matrix products" in plan.describe()
+    assert plan.products_attention and "attention as bf16 matrix products" in plan.describe()
     assert "SDPA attention" not in plan.describe()
     without_vnni = fast.choose("AVX512", [flag for flag in ZEN4_FLAGS if flag != "avx512_vnni"])
     assert without_vnni.dtype == torch.bfloat16 and not without_vnni.int8_convolutions
@@ -241,7 +241,7 @@ def test_attention_as_bf16_products_keeps_the_picture_and_undoes_exactly(pipe, m
     from sfumato.nn import attention
 
     parity = picture(pipe)
-    plan = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, matmul_attention=True)
+    plan = fast.Plan(dtype=torch.bfloat16, channels_last=True, compile=False, products_attention=True)
     sfumato.optimize(pipe, plan)
     layers = attention_layers(pipe)
     assert layers["unet"] and layers["movq"]  # the UNet's Attention and the MoVQ's SpatialSelfAttention
@@ -408,7 +408,7 @@ def test_fp32_parts_get_the_plan_in_fp32_without_int8():
     for name in ("prior", "prior_prior"):  # a pipeline's prior, and a combined pipeline's
         part = fast.plan_for_part(INT8_PLAN, name)
         assert part.dtype == torch.float32 and not part.int8_convolutions and not part.int8_linears
-        assert not part.matmul_attention
+        assert not part.products_attention
         assert part.channels_last and part.sdpa and part.keep_freed_memory
     assert fast.plan_for_part(INT8_PLAN, "unet") is INT8_PLAN
     assert fast.plan_for_part(INT8_PLAN, "movq") is INT8_PLAN

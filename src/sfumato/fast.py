@@ -108,7 +108,7 @@ class Plan:
     sdpa: bool = True  # fused attention through F.scaled_dot_product_attention
     # bf16 attention as two bf16 matrix products and a softmax (sfumato.nn.attention.products_attention), where
     # SDPA's fused kernel has no bf16 fast path (AVX-512 BF16 without AMX); SDPA stays for masked calls
-    matmul_attention: bool = False
+    products_attention: bool = False
     # large 3x3 convolutions by Winograd F(4x4, 3x3) or one GEMM (sfumato.nn.fast_conv), for fp32 plans
     fast_convolutions: bool = False
     # convolutions in int8 with inputs quantized per picture at every call (sfumato.nn.int8_conv), with VNNI
@@ -133,8 +133,8 @@ class Plan:
     def describe(self) -> str:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
         parts = [name] + [label for on, label in ((self.channels_last, "channels_last"),
-                                                  (self.sdpa and not self.matmul_attention, "SDPA attention"),
-                                                  (self.matmul_attention, "attention as bf16 matrix products"),
+                                                  (self.sdpa and not self.products_attention, "SDPA attention"),
+                                                  (self.products_attention, "attention as bf16 matrix products"),
                                                   (self.fast_convolutions, "Winograd/GEMM 3x3 convolutions"),
                                                   (self.int8_convolutions, "int8 convolutions"),
                                                   (self.int8_linears, "int8 linear layers"),
@@ -235,7 +235,7 @@ def choose(capability: str, flags: Iterable[str], vendor: str = "") -> Plan:
         if onednn:
             reasons += ("the prior's and the encoders' " + onednn_reason,)
         return Plan(dtype=torch.bfloat16, channels_last=True, compile=amx, int8_convolutions=int8, int8_linears=int8,
-                    onednn_linears=onednn, matmul_attention=not amx, reasons=reasons)
+                    onednn_linears=onednn, products_attention=not amx, reasons=reasons)
     why_not = "no native bf16 on this CPU: bf16 would fall back to slow kernels, so fp32"
     # measured on AVX2 (Zen 3) only: elsewhere oneDNN's convolutions stay until a measurement says otherwise
     avx2 = capability.upper() == "AVX2"
@@ -380,7 +380,7 @@ class _Undo:
     int8_convolutions: bool = False  # its convolutions became Int8Conv2d
     int8_linears: bool = False  # its linear layers became Int8Linear
     onednn_linears: bool = False  # its fp32 linear layers became OnednnLinear
-    matmul_attention: bool = False  # its attention layers run products_attention
+    products_attention: bool = False  # its attention layers run products_attention
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -428,7 +428,7 @@ def plan_for_part(plan: Plan, name: str) -> Plan:
                     channels_last=False, fp32_parts=plan.fp32_parts, reasons=plan.reasons)
     if kind in plan.fp32_parts:
         return dataclasses.replace(plan, dtype=torch.float32, int8_convolutions=False, int8_linears=False,
-                                   matmul_attention=False)
+                                   products_attention=False)
     return plan
 
 
@@ -469,7 +469,7 @@ def disable(pipe: Any) -> Any:
             from .nn.onednn_linear import stop_onednn_linears
 
             stop_onednn_linears(model)
-        if undo.matmul_attention:
+        if undo.products_attention:
             _set_products_attention(model, False)
         if undo.tensors is not None:
             for key, tensor in _tensors(model):
@@ -632,7 +632,8 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
 
         # after the int8 swap: only the linear layers left in fp32
         onednn_linears = use_onednn_linears(model) > 0
-    matmul_attention = plan.matmul_attention and plan.dtype == torch.bfloat16 and _set_products_attention(model, True)
+    products_attention = (plan.products_attention and plan.dtype == torch.bfloat16
+                          and _set_products_attention(model, True))
     if plan.keep_freed_memory:
         keep_freed_memory()
     compiled = False
@@ -640,7 +641,7 @@ def _optimize_model(model: nn.Module, plan: Plan, keep_fp32: bool) -> None:
         model.compile(dynamic=False)
         compiled = True
     model._sfumato_fast_undo = _Undo(original_class, tuple(wrapped), cast, kept, compiled, plan, fast_convolutions,
-                                     int8_convolutions, int8_linears, onednn_linears, matmul_attention)
+                                     int8_convolutions, int8_linears, onednn_linears, products_attention)
 
 
 def _set_products_attention(model: nn.Module, on: bool) -> bool:

@@ -83,9 +83,7 @@ def products_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     queries, keys = query.shape[-2], key.shape[-2]
     per_query = query[..., 0, 0].numel() * keys * query.element_size()
     block = max(1, PRODUCTS_BLOCK_BYTES // per_query)
-    # softmax over the keys is unchanged by a shift of each query's scores, so the keys are centred first: the
-    # scores (rounded to bf16, relative to their size) lose the part every key shares, and with it its rounding
-    key = key.float()
+    key = key.float()  # centred (see above)
     key = (key - key.mean(dim=-2, keepdim=True)).to(query.dtype)
     query, key = query * scale, key.transpose(-1, -2)
     if block >= queries:
