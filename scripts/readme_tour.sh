@@ -33,6 +33,8 @@ sf inpaint "$out/generate.png" "$out/mask.png" "a white triangle on a blue backg
 sf interpolate "a red circle on a blue background" "a green square on a blue background" --weights 0.5 0.5 \
     --seed 4 -o "$out/interpolate.png"
 sf controlnet "$out/silhouette.png" "a yellow triangle on a black background" --seed 5 -o "$out/controlnet.png"
+sf controlnet "$out/silhouette.png" "a yellow triangle on a blue background" --image "$out/generate.png" --strength 0.7 \
+    --seed 6 -o "$out/controlnet-img2img.png"
 sf chain examples/chain.yaml -o "$out/chain.png"
 rm -f chain-step1.png  # the example chain also writes its first step where it runs
 .venv/bin/sfumato info "$out/generate.png" > "$out/generate-info.txt"
@@ -50,5 +52,12 @@ for name in ("inpaint", "inpaint-latent"):
     after = np.asarray(Image.open(f"{out}/{name}.png").convert("RGB")).astype(int)
     print(f"{name}.png: kept part mean change {np.abs(after - before)[kept].mean():.2f}/255; the evaluator reads it "
           f"as", predict(Image.open(f"{out}/{name}.png")))
+# and the ControlNet image-to-image one: the circle's red gone, the silhouette yellow, the background kept blue
+picture = np.asarray(Image.open(f"{out}/controlnet-img2img.png").convert("RGB")).astype(int)
+silhouette = np.asarray(Image.open(f"{out}/silhouette.png").convert("L")) > 128
+r, g, b = picture[..., 0], picture[..., 1], picture[..., 2]
+yellow, blue, red = (r > 150) & (g > 150) & (b < 100), (b > 150) & (r < 100) & (g < 100), (r > 150) & (g < 100) & (b < 100)
+print(f"controlnet-img2img.png: {yellow[silhouette].mean():.0%} of the silhouette yellow, {blue.mean():.0%} of the "
+      f"picture blue, {red.mean():.1%} red")
 PY
 echo "pictures in $out"

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from sfumato.metadata import read_parameters
 
@@ -116,6 +117,51 @@ def test_controlnet(cli, tmp_path, picture):
     assert record["task"] == "controlnet" and record["model"] == "builtin:controlnet"
     assert record["hint"] == str(picture.resolve())
     assert cli("reproduce", "control.png", "-o", "again.png", "--check", "-q").code == 0
+
+
+def test_controlnet_image_to_image_equals_the_library(cli, tmp_path, picture, model_root):
+    """--image: ControlNet image-to-image, the prior's embeddings of the prompt then the decoder's image-to-image
+    counterpart of the ControlNet folder, starting from the picture partly noised (strength) and following HINT."""
+    import sfumato
+
+    hint = tmp_path / "hint.png"
+    silhouette = np.zeros((64, 64, 3), dtype=np.uint8)
+    silhouette[16:48, 20:44] = 255
+    PIL.Image.fromarray(silhouette).save(hint)
+    result = cli("controlnet", hint, "a green circle", "--image", picture, "--strength", 0.6, "--seed", 6,
+                 "--steps", 5, "-o", "redrawn.png", "-q")
+    assert result.code == 0, result.err
+    record = read_parameters(tmp_path / "redrawn.png")
+    assert (record["task"], record["strength"], record["steps"]) == ("controlnet", 0.6, 5)
+    assert record["image"] == str(picture.resolve()) and record["hint"] == str(hint.resolve())
+    assert set(record["input_sha256"]) == {"image", "hint"}
+    assert cli("reproduce", "redrawn.png", "-o", "again.png", "--check", "-q").code == 0
+
+    prior = sfumato.KandinskyV22PriorPipeline.from_pretrained(model_root / "prior")
+    decoder = sfumato.KandinskyV22ControlnetImg2ImgPipeline.from_pretrained(model_root / "controlnet")
+    for pipe in (prior, decoder):
+        pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(6)
+    embeds = prior("a green circle", guidance_scale=record["prior_guidance"],
+                   num_inference_steps=record["prior_steps"], generator=generator)
+    hint_tensor = torch.from_numpy(silhouette.astype(np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
+    expected = decoder(image=PIL.Image.open(picture).convert("RGB"), hint=hint_tensor, strength=0.6,
+                       image_embeds=embeds.image_embeds, negative_image_embeds=embeds.negative_image_embeds,
+                       height=64, width=64, num_inference_steps=5, guidance_scale=record["guidance"],
+                       generator=generator).images[0]
+    made = np.asarray(PIL.Image.open(tmp_path / "redrawn.png").convert("RGB"))
+    assert np.array_equal(made, np.asarray(expected.convert("RGB")))
+    plain = cli("controlnet", hint, "a green circle", "--seed", 6, "--steps", 5, "-o", "plain.png", "-q")
+    assert plain.code == 0, plain.err
+    assert not np.array_equal(made, np.asarray(PIL.Image.open(tmp_path / "plain.png").convert("RGB")))
+
+
+def test_controlnet_strength_needs_an_image(cli, tmp_path, picture):
+    result = cli("controlnet", picture, "a green circle", "--strength", 0.5, "-o", "no.png")
+    assert result.code == 2 and "--strength applies to controlnet only with --image" in result.err, result.err
+    missing = cli("controlnet", picture, "a green circle", "--image", "nowhere.png", "-o", "no.png")
+    assert missing.code == 2 and "--image" in missing.err and "nowhere.png" in missing.err, missing.err
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_interpolate(cli, tmp_path, picture):

@@ -144,6 +144,25 @@ def test_stable_diffusion_controlnet_equals_the_library(cli, tmp_path, family):
     assert np.array_equal(made, _rgb(expected))
 
 
+def test_stable_diffusion_controlnet_image_to_image_equals_the_library(cli, tmp_path, family):
+    import sfumato
+
+    sd, controlnet = family("sd"), family("controlnet")
+    start = _photo(tmp_path, "start.png", 40, 32, seed=5)
+    hint = _photo(tmp_path, "hint.png", 32, 40, seed=3)  # another size: resized to the picture's
+    record, made = _made(cli, tmp_path, "cn-i2i", "controlnet", hint, PROMPT, "--image", start, "--model", sd,
+                         "--controlnet", controlnet, "--strength", 0.5, "--controlnet-scale", 0.7, "--seed", 8,
+                         "--steps", 4)
+    assert (record["strength"], record["width"], record["height"]) == (0.5, 40, 32)
+    assert made.shape == (32, 40, 3)
+    pipe = _library("StableDiffusionControlNetImg2ImgPipeline", sd,
+                    controlnet=sfumato.ControlNetModel.from_pretrained(controlnet))
+    control = PIL.Image.open(hint).convert("RGB").resize((40, 32), resample=PIL.Image.Resampling.LANCZOS)
+    expected = pipe(PROMPT, image=PIL.Image.open(start).convert("RGB"), control_image=control, strength=0.5,
+                    num_inference_steps=4, controlnet_conditioning_scale=0.7, generator=_seed(8)).images[0]
+    assert np.array_equal(made, _rgb(expected))
+
+
 def test_controlnet_with_a_depth_model(cli, tmp_path, family, dpt_folder):  # noqa: F811
     sd, controlnet = family("sd"), family("controlnet")
     photo = _photo(tmp_path, "photo.png", 32, 32, seed=4)

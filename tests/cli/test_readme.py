@@ -44,8 +44,8 @@ def library_example() -> str:
 def test_the_readme_has_the_tour_we_run():
     commands = readme_commands()
     assert len(commands) >= 9
-    assert [shlex.split(c)[1] for c in commands[-8:]] == ["generate", "generate", "img2img", "inpaint", "inpaint",
-                                                          "interpolate", "controlnet", "chain"]
+    assert [shlex.split(c)[1] for c in commands[-9:]] == ["generate", "generate", "img2img", "inpaint", "inpaint",
+                                                          "interpolate", "controlnet", "controlnet", "chain"]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -63,7 +64,7 @@ def test_txt2img_with_a_full_client_payload(live):
     assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235] and info["sampler_name"] == "Euler a"
     assert info["width"] == 64 and info["cfg_scale"] == 4.0 and len(info["infotexts"]) == 2
     assert info["infotexts"][0].startswith("a yellow triangle on a black background\nSteps: 3, Sampler: Euler a")
-    assert {"enable_hr", "styles", "restore_faces", "eta", "alwayson_scripts", "subseed",
+    assert {"enable_hr", "styles", "restore_faces", "eta", "subseed",
             "override_settings.CLIP_stop_at_last_layers"} <= set(info["ignored"])
     assert not {"prompt", "seed", "steps", "cfg_scale", "batch_size", "sampler_name"} & set(info["ignored"])
     assert answer["parameters"]["prompt"] == TXT2IMG["prompt"]
@@ -126,6 +127,98 @@ def test_png_info_options_models_and_samplers(live):
 def test_txt2img_refusals_name_the_field(live, body, field):
     status, answer = post(live.url, "/sdapi/v1/txt2img", body)
     assert 400 <= status < 500 and answer["field"] == field, answer
+
+
+def _silhouette() -> PIL.Image.Image:
+    array = np.zeros((64, 64, 3), dtype=np.uint8)
+    array[12:52, 20:44] = 255
+    return PIL.Image.fromarray(array)
+
+
+def _unit(**fields) -> dict:
+    """A ControlNet unit as the sd-webui-controlnet extension's clients send it."""
+    return {"enabled": True, "module": "none", "model": "None", "weight": 1.0, "resize_mode": "Crop and Resize",
+            "lowvram": False, "processor_res": 512, "guidance_start": 0.0, "guidance_end": 1.0,
+            "control_mode": "Balanced", "pixel_perfect": False, **fields}
+
+
+def test_controlnet_units_make_the_command_lines_controlnet_pictures(live, tmp_path, monkeypatch):
+    """The built-in model's ControlNet through alwayson_scripts: txt2img with a unit is `sfumato controlnet`,
+    img2img with one is `sfumato controlnet --image` (ControlNet image-to-image)."""
+    from sfumato.cli import main
+
+    hint = _silhouette()
+    hint.save(tmp_path / "hint.png")
+    disc().save(tmp_path / "start.png")
+    bare = data_url(hint).split(",", 1)[1]
+    common = {"prompt": "a green square on a white background", "seed": 21, "steps": 4, "prior_steps": 2,
+              "cfg_scale": 1, "width": 64, "height": 64}
+    disabled = {"args": [_unit(enabled=False, image=bare), _unit(image=bare)]}
+    status, answer = post(live.url, "/sdapi/v1/txt2img", {**common, "alwayson_scripts": {"controlnet": disabled,
+                                                                                          "ADetailer": {"args": []}}})
+    assert status == 200, answer
+    record = json.loads(decoded(answer["images"][0]).text["sfumato"])
+    assert record["task"] == "controlnet" and record["model"] == "builtin:controlnet" and "image" not in record
+    info = json.loads(answer["info"])
+    assert {"alwayson_scripts.ADetailer", "alwayson_scripts.controlnet.args[1].guidance_start"} <= set(info["ignored"])
+    assert not [name for name in info["ignored"] if name.endswith((".image", ".module", ".model"))]
+    decoded(answer["images"][0]).save(tmp_path / "served.png")
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--seed", "21", "--steps", "4", "--prior-steps", "2", "--guidance", "1", "-q"]
+    assert main(["controlnet", "hint.png", common["prompt"], *argv, "-o", "cli.png"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "cli.png")),
+                          np.asarray(PIL.Image.open(tmp_path / "served.png")))
+
+    body = {**common, "init_images": [data_url(disc())], "denoising_strength": 0.75,
+            "alwayson_scripts": {"controlnet": {"args": [_unit(input_image=bare)]}}}
+    status, answer = post(live.url, "/sdapi/v1/img2img", body)
+    assert status == 200, answer
+    record = json.loads(decoded(answer["images"][0]).text["sfumato"])
+    assert (record["task"], record["strength"]) == ("controlnet", 0.75) and {"image", "hint"} <= set(record)
+    (tmp_path / "served-i2i.png").write_bytes(base64.b64decode(answer["images"][0]))  # with its record
+    assert main(["controlnet", "hint.png", common["prompt"], "--image", "start.png", "--strength", "0.75", *argv,
+                 "-o", "cli-i2i.png"]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "cli-i2i.png")),
+                          np.asarray(PIL.Image.open(tmp_path / "served-i2i.png")))
+    assert main(["reproduce", "served-i2i.png", "-o", "again.png", "--check", "-q"]) == 0
+
+    # img2img with a unit without a picture: the starting picture is the hint too
+    body["alwayson_scripts"] = {"controlnet": {"args": [_unit()]}}
+    status, answer = post(live.url, "/sdapi/v1/img2img", body)
+    assert status == 200, answer
+    record = json.loads(decoded(answer["images"][0]).text["sfumato"])
+    assert record["input_sha256"]["hint"] == record["input_sha256"]["image"]
+    assert any("init_images[0] is the hint too" in note for note in json.loads(answer["info"])["notes"])
+
+
+@pytest.mark.parametrize("scripts, field, words", [
+    ({"controlnet": {"args": [_unit(image="x"), _unit(image="y")]}}, "alwayson_scripts.controlnet.args",
+     "2 ControlNet units are enabled"),
+    ({"controlnet": {"args": [_unit()]}}, "alwayson_scripts.controlnet.args[0].image", "needs a picture"),
+    ({"controlnet": {"args": [_unit(image=data_url(disc()), module="canny")]}},
+     "alwayson_scripts.controlnet.args[0].module", "'canny' is not available"),
+    ({"controlnet": {"args": [_unit(image=data_url(disc()), module="depth_midas")]}},
+     "alwayson_scripts.controlnet.args[0].module", "this server has no depth model"),
+    ({"controlnet": {"args": "none"}}, "alwayson_scripts.controlnet.args", "must be a list of ControlNet units"),
+    ({"controlnet": {"args": [_unit(image="bm90IGEgcGljdHVyZQ==")]}}, "alwayson_scripts.controlnet.args[0].image",
+     ""),
+    ([], "alwayson_scripts", "must be a JSON object"),
+])
+def test_controlnet_unit_refusals_name_the_field(live, scripts, field, words):
+    status, answer = post(live.url, "/sdapi/v1/txt2img", {"prompt": "a red square", "alwayson_scripts": scripts})
+    assert 400 <= status < 500 and answer["field"] == field and words in answer["detail"], answer
+
+
+def test_controlnet_lists_and_inpainting_refusal(live):
+    assert get(live.url, "/controlnet/model_list") == {"model_list": []}
+    assert get(live.url, "/controlnet/module_list")["module_list"] == ["none"]
+    assert get(live.url, "/controlnet/version")["version"] >= 1
+    body = {"prompt": "a red square", "init_images": [data_url(disc())], "mask": data_url(right_half_mask()),
+            "alwayson_scripts": {"controlnet": {"args": [_unit(image=data_url(disc()))]}}}
+    status, answer = post(live.url, "/sdapi/v1/img2img", body)
+    assert status == 422 and answer["field"] == "alwayson_scripts.controlnet.args[0]", answer
+    assert "inpainting mask is not available" in answer["detail"]
 
 
 def test_img2img_refusals(live):

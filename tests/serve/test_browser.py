@@ -246,7 +246,28 @@ def test_stable_diffusion_controlnet_and_prompt_weighting_through_the_page(
         record = job["images"][0]["record"]
         assert record["controlnet"] == str(Path(folders["controlnet"]).resolve()) and record["weighting"] is True
         assert record["depth_model"] == str(Path(dpt_folder).resolve())
-        assert record["prompt"] == "a (lighthouse:1.3) on a cliff"
+        assert record["prompt"] == "a (lighthouse:1.3) on a cliff" and "image" not in record
+
+        # ControlNet image-to-image: a starting picture (optional) and its strength
+        assert driver.find_element("id", "image-box").is_displayed()
+        assert "optional" in driver.find_element("id", "image-label").text
+        start = tmp_path / "start.png"
+        PIL.Image.fromarray(np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(start)
+        driver.find_element("id", "image-file").send_keys(str(start))
+        _until(lambda: driver.find_element("id", "image-stack").is_displayed(), 10, "the starting picture")
+        _type(driver, "strength", "0.5")
+        _type(driver, "steps", "4")
+        cards = len(_cards(driver))
+        driver.find_element("id", "submit").click()
+        _until(lambda: len(_cards(driver)) > cards, 240, "the ControlNet image-to-image picture")
+        shots(driver, "serve-controlnet-image-to-image")
+        jobs = httpx.get(f"{server.url}/api/jobs", headers={"X-Sfumato-Client": client_id}).json()["jobs"]
+        job = httpx.get(f"{server.url}{jobs[0]['url']}", headers={"X-Sfumato-Client": client_id}).json()
+        assert job["state"] == "done" and job["request"]["strength"] == 0.5 and "image" in job["request"], job
+        record = job["images"][0]["record"]
+        assert (record["task"], record["strength"], record["steps"]) == ("controlnet", 0.5, 4) and "image" in record
+        driver.find_element("id", "image-clear").click()
+        assert not driver.find_element("id", "image-stack").is_displayed()
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not [e for e in errors if "422" not in e["message"]], json.dumps(errors, indent=1)
     finally:

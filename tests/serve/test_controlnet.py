@@ -9,6 +9,7 @@ parameters, and is made again from its record both through the API and by ``sfum
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -176,3 +177,57 @@ def test_bad_registrations_are_refused_at_start_up(folders, dpt_folder, tmp_path
     assert "--controlnet depth" in capsys.readouterr().err
     assert main(["serve", "--data", str(tmp_path / "data"), "--depth-model", "dpt"]) == 2
     assert "--depth-model must be NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_automatic1111_controlnet_units_name_registered_folders(make_app, folders, dpt_folder, photo,  # noqa: F811
+                                                                tmp_path, monkeypatch):
+    """The sd-webui-controlnet request shape against a Stable Diffusion model: the unit's model names a registered
+    ControlNet (its " [hash]" dropped), a depth module the registered depth model, weight the scale; img2img with
+    a unit is ControlNet image-to-image. The pictures are the command line's."""
+    import base64
+
+    from sfumato.cli import main
+
+    client = _server(make_app, folders, dpt_folder, start_worker=True)
+    assert client.get("/controlnet/model_list").json() == {"model_list": ["depth"]}
+    assert client.get("/controlnet/module_list").json()["module_list"] == ["none", "depth"]
+    bare = data_url(PIL.Image.open(photo)).split(",", 1)[1]
+    unit = {"enabled": True, "image": {"image": bare, "mask": None}, "module": "depth_midas",
+            "model": "depth [fef5e48e]", "weight": 0.6, "control_mode": "Balanced"}
+    body = {"prompt": PROMPT, "seed": 9, "steps": 2, "cfg_scale": 7.5, "width": 32, "height": 32,
+            "sampler_name": "PLMS", "override_settings": {"sd_model_checkpoint": folders["sd"]},
+            "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    (tmp_path / "served.png").write_bytes(base64.b64decode(response.json()["images"][0]))
+    record = read_parameters(tmp_path / "served.png")
+    assert record["controlnet"] == str(Path(folders["controlnet"]).resolve()) and record["controlnet_scale"] == 0.6
+    assert record["depth_model"] == str(Path(dpt_folder).resolve())
+    assert "alwayson_scripts.controlnet.args[0].control_mode" in json.loads(response.json()["info"])["ignored"]
+    monkeypatch.chdir(tmp_path)
+    argv = [PROMPT, "--model", folders["sd"], "--controlnet", folders["controlnet"], "--depth-model", str(dpt_folder),
+            "--controlnet-scale", "0.6", "--seed", "9", "--steps", "2", "--guidance", "7.5", "--scheduler", "pndm",
+            "--size", "32x32", "-q"]
+    assert main(["controlnet", str(photo), *argv, "-o", "cli.png"]) == 0
+    assert np.array_equal(_pixels(tmp_path / "cli.png"), _pixels(tmp_path / "served.png"))
+
+    start = PIL.Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    start.save(tmp_path / "start.png")
+    body = {**body, "init_images": [data_url(start)], "denoising_strength": 0.5, "steps": 4,
+            "alwayson_scripts": {"controlnet": {"args": [{**unit, "module": "none", "model": "depth"}]}}}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    (tmp_path / "served-i2i.png").write_bytes(base64.b64decode(response.json()["images"][0]))
+    record = read_parameters(tmp_path / "served-i2i.png")
+    assert (record["task"], record["strength"], record.get("depth_model")) == ("controlnet", 0.5, None)
+    argv = [a for a in argv if a not in ("--depth-model", str(dpt_folder))]
+    argv[argv.index("--steps") + 1] = "4"
+    assert main(["controlnet", str(photo), *argv, "--image", "start.png", "--strength", "0.5", "-o", "cli-i2i.png"]) == 0
+    assert np.array_equal(_pixels(tmp_path / "cli-i2i.png"), _pixels(tmp_path / "served-i2i.png"))
+
+    response = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "model": "canny [abc]"}]}}})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "alwayson_scripts.controlnet.args[0].model"
+    assert "unknown ControlNet 'canny [abc]'" in response.json()["detail"]
+    assert "this server offers depth" in response.json()["detail"]

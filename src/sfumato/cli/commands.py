@@ -139,6 +139,8 @@ def job_from_args(args: Any) -> Job:
         job.keep_unmasked = args.keep_unmasked
     if task == "controlnet":
         job.hint = Source(path=args.hint)
+        if args.image is not None:
+            job.image = Source(path=args.image)
     if task == "interpolate":
         job.items = [jobs_module.classify_item(item) for item in args.items]
         job.weights = args.weights

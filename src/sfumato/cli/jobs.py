@@ -101,7 +101,9 @@ _REQUIRED = {
     "text2image": ("prompt",), "image2image": ("prompt", "image"), "inpaint": ("prompt", "image", "mask"),
     "controlnet": ("prompt", "hint"), "interpolate": ("items",), "upscale": ("image",),
 }
-_ONLY_FOR = {"strength": ("image2image",), "image": ("image2image", "inpaint", "upscale"), "mask": ("inpaint",),
+# controlnet takes an image too: ControlNet image-to-image, which starts from it (strength) and follows the hint
+_ONLY_FOR = {"strength": ("image2image", "controlnet"), "image": ("image2image", "inpaint", "upscale", "controlnet"),
+             "mask": ("inpaint",),
              "keep_unmasked": ("inpaint",),
              "hint": ("controlnet",), "items": ("interpolate",), "weights": ("interpolate",),
              "prompt": ("text2image", "image2image", "inpaint", "controlnet", "upscale"),
@@ -173,6 +175,12 @@ class Job:
     prior_ref: models.ModelRef | None = field(default=None, repr=False)
     index: dict | None = field(default=None, repr=False)  # the checkpoint's model_index.json
     scheduler_class: str | None = field(default=None, repr=False)
+
+    @property
+    def from_image(self) -> bool:
+        """Whether the picture starts from ``image`` partly denoised (image-to-image, ControlNet with an image),
+        so that ``strength`` applies."""
+        return self.task == "image2image" or (self.task == "controlnet" and self.image is not None)
 
     # -------------------------------------------------------------- records
 
@@ -252,7 +260,8 @@ class Job:
         for name, value in (defaults or {}).items():
             # a chain-wide default (e.g. strength) applies to the steps it makes sense for
             if name not in values and values["task"] in _ONLY_FOR.get(name, TASKS) \
-                    and not (values["task"] == "upscale" and name in ("width", "height")):  # its input's size decides
+                    and not (values["task"] == "upscale" and name in ("width", "height")) \
+                    and not (name == "strength" and values["task"] == "controlnet" and values.get("image") is None):
                 values[name] = value
         hashes = (data.get("input_sha256") or {}) if record else {}
         if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
@@ -459,6 +468,9 @@ def _check_task_fields(job: Job, where: str) -> None:
     for name in _REQUIRED[job.task]:
         if getattr(job, name) is None:
             raise UsageError(f"{where}{job.task} needs {_flag(name)}")
+    if job.task == "controlnet" and job.strength is not None and job.image is None:
+        raise UsageError(f"{where}--strength applies to controlnet only with --image (the picture that ControlNet "
+                         f"image-to-image starts from); without it the picture starts from noise")
     if job.task == "interpolate":
         if job.weights is None:
             job.weights = [1 / len(job.items)] * len(job.items)  # an even mix unless told otherwise
@@ -546,11 +558,12 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
         raise UsageError(f"{where}--keep-unmasked needs the picture's pixels, but IMAGE is the latents of the "
                          f"previous step; pass --no-keep-unmasked (keep_unmasked: false)")
     for name, value in models.folder_defaults(model_ref).items():
-        if getattr(job, name) is None and (name != "strength" or job.task == "image2image"):
+        if getattr(job, name) is None and (name != "strength" or job.from_image):
             setattr(job, name, value)
     # inputs: files exist and are pictures; earlier jobs are checked the same way
     for name, source in job._sources():
-        _open(source, f"{where}{_flag(name.split('.')[0])}", grayscale=name == "mask")
+        flag = "--image" if name == "image" and job.task == "controlnet" else _flag(name.split(".")[0])
+        _open(source, f"{where}{flag}", grayscale=name == "mask")
     _check_handoff(job, kind, where)
     return job
 
@@ -909,6 +922,9 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
     # --num batch can be made again on its own from its recorded seed
     generator = torch.Generator("cpu").manual_seed(job.seed)
     suffix = f" {label}" if label else ""
+    if job.task == "controlnet":
+        pipes = (pipes[0], _controlnet_pipeline(job, pipes[1])) if isinstance(pipes, tuple) \
+            else _controlnet_pipeline(job, pipes)
     if isinstance(pipes, tuple):  # controlnet (Kandinsky 2.2) and interpolate call the two stages themselves
         prior, decoder = pipes
         job.scheduler_class = loader.reset_schedulers(job.model_ref, job.prior_ref, prior, decoder, job.scheduler)
@@ -918,6 +934,8 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
             embeds = prior(**prompt_keywords(prior, job.prompt, job.negative_prompt, weighted=job.weighting),
                            guidance_scale=job.prior_guidance, num_inference_steps=job.prior_steps, generator=generator)
             extra = {"hint": _hint_tensor(_control_picture(job, loader), decoder, job.width, job.height)}
+            if job.image is not None:  # ControlNet image-to-image: the picture it starts from
+                extra.update(image=job.image.picture, strength=job.strength)
         else:
             items = [item if isinstance(item, str) else item.picture for item in job.items]
             embeds = prior.interpolate(items, job.weights, num_inference_steps=job.prior_steps,
@@ -954,8 +972,13 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
     if job.task == "inpaint":
         arguments["mask_image"] = job.mask.picture
     if job.task == "controlnet":  # Stable Diffusion: the control image has the picture's size
-        arguments.update(image=_sized(_control_picture(job, loader).convert("RGB"), job.width, job.height),
-                         controlnet_conditioning_scale=job.controlnet_scale)
+        control = _sized(_control_picture(job, loader).convert("RGB"), job.width, job.height)
+        arguments["controlnet_conditioning_scale"] = job.controlnet_scale
+        if job.image is None:
+            arguments["image"] = control
+        else:  # ControlNet image-to-image: image is the picture it starts from, control_image the hint
+            arguments.update(image=_sized(job.image.picture, job.width, job.height), control_image=control,
+                             strength=job.strength)
     text = {"prompt": arguments.pop("prompt"), "negative_prompt": arguments.pop("negative_prompt")}
     arguments.update(prompt_keywords(pipe, **text, weighted=job.weighting) if "prompt" in _accepted(pipe, text) else text)
     output = pipe(**_accepted(pipe, arguments))
@@ -1029,7 +1052,7 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
                       "prior_guidance": (main, "prior_guidance_scale")}
     signatures.update({"steps": (main, "num_inference_steps"), "guidance": (main, "guidance_scale"),
                        "width": (main, "width"), "height": (main, "height")})
-    if job.task == "image2image" and job.denoising_start is None:  # the cut, not the strength, says where to start
+    if job.from_image and job.denoising_start is None:  # the cut, not the strength, says where to start
         signatures["strength"] = (main, "strength")
     if job.task == "upscale":
         signatures = {"steps": signatures["steps"], "guidance": signatures["guidance"],
@@ -1053,7 +1076,7 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
 
 
 def _check_strength(job: Job, where: str = "") -> None:
-    if job.task == "image2image" and job.steps is not None and job.strength is not None \
+    if job.from_image and job.steps is not None and job.strength is not None \
             and job.denoising_start is None and int(job.steps * job.strength) < 1:
         # image-to-image runs only the last strength x steps steps; none would be left
         raise UsageError(f"{where}--strength {job.strength} with --steps {job.steps} leaves no denoising step to run; "
@@ -1079,11 +1102,12 @@ def _pipeline_classes(job: Job, index: dict | None) -> tuple[Any, Any] | None:
         return None
     prior_index = models.read_index(job.prior_ref, "--prior") if job.prior_ref is not None else None
     prior = getattr(sfumato, prior_index["_class_name"], None) if prior_index else None
-    if job.task == "controlnet" and family in auto.CONTROLNET_COMPONENT_FAMILIES:
-        return getattr(sfumato, auto.CONTROLNETS[family][auto.TEXT2IMAGE]), None
     if job.task == "controlnet":
-        decoder = getattr(sfumato, index["_class_name"], None)
-        return (decoder, prior) if decoder is not None and prior is not None else None
+        # a ControlNet decoder folder, or a Stable Diffusion folder given a ControlNetModel
+        decoder = getattr(sfumato, auto.CONTROLNETS.get(family, {}).get(_controlnet_task(job), ""), None)
+        if decoder is None or family in auto.CONTROLNET_COMPONENT_FAMILIES:
+            return (decoder, None) if decoder is not None else None
+        return (decoder, prior) if prior is not None else None
     combined = getattr(sfumato, auto.FAMILIES[family].get("text2image" if job.task == "interpolate" else job.task, ""),
                        None)
     if combined is None:
@@ -1091,6 +1115,25 @@ def _pipeline_classes(job: Job, index: dict | None) -> tuple[Any, Any] | None:
     if job.task == "interpolate":
         return (combined.decoder_class, prior) if prior is not None else None
     return combined, None
+
+
+def _controlnet_task(job: Job) -> str:
+    """The AutoPipeline task of a ControlNet job's pipeline: text-to-image, or image-to-image given an image."""
+    from .. import auto
+
+    return auto.IMAGE2IMAGE if job.image is not None else auto.TEXT2IMAGE
+
+
+def _controlnet_pipeline(job: Job, pipe: Any) -> Any:
+    """A loaded ControlNet pipeline (text-to-image) as the one ``job`` runs: itself, or given an image its
+    image-to-image counterpart sharing the same loaded components."""
+    if job.image is None:
+        return pipe
+    import sfumato
+    from .. import auto
+
+    family = auto.family_of(type(pipe).__name__)[0]
+    return getattr(sfumato, auto.CONTROLNETS[family][_controlnet_task(job)]).from_pipe(pipe)
 
 
 def _multiple(pipe: Any) -> int:

@@ -30,6 +30,7 @@ examples:
   sfumato inpaint circle.png mask.png "a white triangle on a blue background" -o triangle.png
   sfumato interpolate "a red circle on a blue background" yellow.png --weights 0.3 0.7 -o mix.png
   sfumato controlnet silhouette.png "a green circle on a white background" -o shaped.png
+  sfumato controlnet silhouette.png "a green circle on a white background" --image circle.png -o redrawn.png
   sfumato generate "a lighthouse at dusk" --model ./stable-diffusion-v1-5 --size 512x512 -o sd.png
   sfumato img2img sd.png "a lighthouse, oil painting" --model ./sdxl-refiner -o refined.png
   sfumato controlnet photo.png "a castle" --model ./sd15 --controlnet ./depth-cn --depth-model ./dpt -o c.png
@@ -191,10 +192,14 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
         group.add_argument("--depth-model", metavar="FOLDER",
                            help="a local transformers depth-estimation model folder (e.g. DPT); HINT is then an "
                                 "ordinary picture, turned into a depth hint first")
-    if task == "image2image":
+    if task == "controlnet":
+        group.add_argument("--image", metavar="IMAGE",
+                           help="ControlNet image-to-image: start from this picture (file or URL) instead of noise, "
+                                "redrawn towards PROMPT along HINT; --strength says how much changes")
+    if task in ("image2image", "controlnet"):
         group.add_argument("--strength", type=_strength,
                            help="how much to change the picture, in (0, 1]: 1 ignores it, small values keep it "
-                                "(default: the model's)")
+                                f"{'(with --image) ' if task == 'controlnet' else ''}(default: the model's)")
     group.add_argument("--seed", type=_seed, help="random seed (default: chosen at random and recorded in the PNG)")
     if task != "upscale":
         group.add_argument("--size", type=_size, metavar="WxH",

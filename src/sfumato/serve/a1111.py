@@ -16,6 +16,20 @@ strength), ``mask`` (inpainting, white = repaint) and
 ``inpainting_mask_invert``. sfumato's own ``prior_steps`` and
 ``prior_guidance`` are read too. Every other field is accepted and ignored,
 and listed in ``info`` under ``ignored``.
+
+ControlNet, as the sd-webui-controlnet extension's clients send it
+(``alwayson_scripts.controlnet.args``: a list of units): one enabled unit
+turns txt2img into a ControlNet job and img2img into ControlNet
+image-to-image (from ``init_images[0]``, ``denoising_strength``). A unit's
+``image`` (or ``input_image``; on img2img, ``init_images[0]`` when it has
+none) is the hint; ``module`` ``none`` takes it as it is, a ``depth...``
+module makes its depth map with the depth model the server's operator
+registered; ``model`` names a ControlNet the operator registered for a
+Stable Diffusion model (``GET /controlnet/model_list``; a trailing
+`` [hash]`` is dropped), and ``weight`` is its scale; a Kandinsky 2.2
+ControlNet model steers with its own ControlNet. Several enabled units
+(multi-ControlNet), other modules and ControlNet with a mask are refused
+with a 422 naming the field; the unit's other settings are listed as ignored.
 """
 
 from __future__ import annotations
@@ -67,7 +81,11 @@ def _sampler_name(record: dict) -> str | None:
 
 
 HONOURED = ("prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter",
-            "sampler_name", "sampler_index", "override_settings", "send_images", "prior_steps", "prior_guidance")
+            "sampler_name", "sampler_index", "override_settings", "send_images", "prior_steps", "prior_guidance",
+            "alwayson_scripts")
+# a ControlNet unit's fields that are read; its others (resize_mode, control_mode, guidance_start, ...) are listed
+# as ignored
+_UNIT_FIELDS = ("enabled", "image", "input_image", "module", "model", "weight")
 HONOURED_IMG2IMG = HONOURED + ("init_images", "denoising_strength", "mask", "inpainting_mask_invert")
 
 
@@ -143,6 +161,21 @@ def register(app, server) -> None:
         if "sd_model_checkpoint" in body:
             chosen_models[request.state.owner] = _model(body["sd_model_checkpoint"], server, "sd_model_checkpoint")
         return {"ignored": sorted(k for k in body if k != "sd_model_checkpoint")}
+
+    @app.get("/controlnet/version", tags=["AUTOMATIC1111"], summary="ControlNet extension API version")
+    async def controlnet_version():
+        return {"version": 2}
+
+    @app.get("/controlnet/model_list", tags=["AUTOMATIC1111"],
+             summary="The ControlNets the server's operator registered (for Stable Diffusion models)")
+    async def controlnet_models():
+        return {"model_list": sorted(server.requests.registered["controlnet"])}
+
+    @app.get("/controlnet/module_list", tags=["AUTOMATIC1111"],
+             summary="Hint preprocessors: none, and depth where the server has a depth model")
+    async def controlnet_modules():
+        modules = ["none"] + (["depth"] if server.requests.registered["depth_model"] else [])
+        return {"module_list": modules, "module_detail": {}}
 
     @app.get("/sdapi/v1/sd-models", tags=["AUTOMATIC1111"], summary="The server's models")
     async def sd_models():
@@ -226,7 +259,97 @@ def to_job(body: Any, img2img: bool, server, chosen_model: str | None) -> tuple[
             job["strength"] = _number(body["denoising_strength"], "denoising_strength")
         else:
             job["task"] = "image2image"
+    scripts = body.get("alwayson_scripts")
+    if scripts is not None:
+        ignored += _controlnet(scripts, job, img2img, server, notes)
     return job, sorted(set(ignored)), notes
+
+
+def _controlnet(scripts: Any, job: dict, img2img: bool, server, notes: list[str]) -> list[str]:
+    """Make ``job`` a ControlNet job from the request's enabled ControlNet unit, if any; returns what was ignored."""
+    if not isinstance(scripts, dict):
+        raise ApiError(422, f"alwayson_scripts must be a JSON object of scripts, got {type(scripts).__name__}",
+                       "alwayson_scripts")
+    ignored = [f"alwayson_scripts.{name}" for name in scripts if str(name).lower() != "controlnet"]
+    entry = next((value for name, value in scripts.items() if str(name).lower() == "controlnet"), None)
+    if entry is None:
+        return ignored
+    field = "alwayson_scripts.controlnet.args"
+    units = entry.get("args") if isinstance(entry, dict) else None
+    if not isinstance(units, list) or not all(isinstance(unit, dict) for unit in units):
+        raise ApiError(422, f"{field} must be a list of ControlNet units (JSON objects), got {str(units)[:80]!r}",
+                       field)
+    enabled = [(i, unit) for i, unit in enumerate(units) if unit.get("enabled", True) not in (False, 0)]
+    if not enabled:
+        return ignored
+    if len(enabled) > 1:
+        raise ApiError(422, f"{field}: {len(enabled)} ControlNet units are enabled; sfumato runs one ControlNet per "
+                            f"picture (multi-ControlNet is not available)", field)
+    number, unit = enabled[0]
+    where = f"{field}[{number}]"
+    if job["task"] == "inpaint":
+        raise ApiError(422, f"{where}: ControlNet with an inpainting mask is not available; send the img2img request "
+                            f"without mask, or without the ControlNet unit", where)
+    ignored += [f"{where}.{key}" for key in unit if key not in _UNIT_FIELDS]
+    # the hint: the unit's picture, or on img2img the picture it starts from
+    picture = unit.get("image") if unit.get("image") not in (None, "") else unit.get("input_image")
+    if isinstance(picture, dict):  # {"image": ..., "mask": ...} in newer clients
+        picture = picture.get("image")
+    if picture in (None, ""):
+        if not img2img:
+            raise ApiError(422, f"{where}.image: a ControlNet unit of txt2img needs a picture (base64): the hint, e.g. "
+                                f"a depth map", f"{where}.image")
+        job["hint"] = job["image"]
+        notes.append(f"{where} has no picture: init_images[0] is the hint too")
+    else:
+        job["hint"] = server.uploads.keep(decode(picture, f"{where}.image", server.config.limits, bare_base64=True))
+    module = str(unit.get("module") or "none").strip().lower()
+    if module.startswith("depth"):
+        depth_models = sorted(server.requests.registered["depth_model"])
+        if not depth_models:
+            raise ApiError(422, f"{where}.module {module!r} makes a depth map, but this server has no depth model (its "
+                                f"operator adds one with sfumato serve --depth-model NAME=FOLDER); send the depth map "
+                                f"itself with module \"none\"", f"{where}.module")
+        job["depth_model"] = depth_models[0]
+        if module != "depth":
+            notes.append(f"{where}.module {module!r}: the depth map comes from the server's depth model "
+                         f"{depth_models[0]!r}")
+    elif module != "none":
+        raise ApiError(422, f"{where}.module {module!r} is not available; use none (the picture is the hint) or depth "
+                            f"(GET /controlnet/module_list)", f"{where}.module")
+    model = job.get("model") or server.requests.default_model
+    listed = next((entry for entry in server.requests.models() if entry["name"] == model), None)
+    if listed is None or "controlnet" not in listed["workflows"]:
+        raise ApiError(422, f"{where}: the model {model!r} runs no ControlNet on this server (a Kandinsky 2.2 "
+                            f"ControlNet model, or Stable Diffusion with a ControlNet its operator registered)", where)
+    wanted = unit.get("model")
+    if "controlnets" in listed:  # Stable Diffusion: a ControlNetModel the operator registered, by name
+        job["controlnet"] = _controlnet_name(wanted, listed["controlnets"], model, f"{where}.model")
+        if unit.get("weight") is not None:
+            job["controlnet_scale"] = _number(unit["weight"], f"{where}.weight")
+    else:  # a Kandinsky 2.2 ControlNet decoder steers with its own
+        if wanted not in (None, "", "None", "none"):
+            notes.append(f"{where}.model {str(wanted)[:80]!r}: {model!r} steers with its own ControlNet")
+        if unit.get("weight") not in (None, 1, 1.0):
+            ignored.append(f"{where}.weight")
+    job["task"] = "controlnet"
+    return ignored
+
+
+def _controlnet_name(wanted: Any, offered: list[str], model: str, field: str) -> str:
+    """The registered ControlNet a unit's ``model`` names: as given, or without the " [hash]" that AUTOMATIC1111
+    appends; with one offered, an empty name means it."""
+    if wanted in (None, "", "None", "none") and len(offered) == 1:
+        return offered[0]
+    if isinstance(wanted, str):
+        name = wanted.strip()
+        if name.endswith("]") and " [" in name:
+            name = name[:name.rindex(" [")].strip()
+        for candidate in (wanted, name):
+            if candidate in offered:
+                return candidate
+    raise ApiError(422, f"{field}: unknown ControlNet {str(wanted)[:80]!r} for {model!r}; this server offers "
+                        f"{', '.join(offered) or 'none'} (GET /controlnet/model_list)", field)
 
 
 def response(body: dict, job: dict, server, ignored: list[str], notes: list[str], warnings: list[str]) -> dict:

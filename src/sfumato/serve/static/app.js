@@ -74,7 +74,8 @@ function showWorkflow(workflow) {
     element.hidden = !element.dataset.for.split(" ").includes(workflow);
   });
   $("submit").textContent = workflow === "reproduce" ? "Reproduce" : workflow === "chain" ? "Run chain" : "Generate";
-  $("image-label").textContent = workflow === "inpaint" ? "Picture and mask" : "Picture";
+  $("image-label").textContent = workflow === "inpaint" ? "Picture and mask"
+    : workflow === "controlnet" ? "Starting picture (optional)" : "Picture";
   if (workflow === "interpolate" && state.items.length === 0) {
     state.items = [{ kind: "text", text: "", weight: 0.5 }, { kind: "text", text: "", weight: 0.5 }];
   }
@@ -171,7 +172,8 @@ function payload() {
   const negative = $("negative_prompt").value.trim();
   if (negative) job.negative_prompt = negative;
   for (const name of FIELDS) {
-    if (name === "strength" && workflow !== "image2image") continue;
+    // strength: how much of a starting picture changes (ControlNet starts from one only when given)
+    if (name === "strength" && !(workflow === "image2image" || (workflow === "controlnet" && state.image))) continue;
     if (name === "noise_level" && workflow !== "upscale") continue;
     if (workflow === "upscale" && NOT_FOR_UPSCALE.includes(name)) continue;
     if ($(name).closest("label").hidden) continue; // e.g. prior settings for Stable Diffusion
@@ -191,6 +193,7 @@ function payload() {
   if (workflow === "controlnet") {
     if (!state.hint) throw fieldError("hint", "choose a hint picture");
     job.hint = picture(state.hint);
+    if (state.image) job.image = picture(state.image); // ControlNet image-to-image
     if (!$("controlnet-row").hidden) {
       if (!$("controlnet").value) throw fieldError("controlnet", "this server offers no ControlNet for this model");
       job.controlnet = $("controlnet").value;
@@ -293,6 +296,12 @@ async function setImage(source) {
   $("brush").value = String(Math.max(2, Math.round(Math.max(image.naturalWidth, image.naturalHeight) / 8)));
   $("image-stack").hidden = false;
   $("image-hint").hidden = true;
+}
+
+function clearImage() {
+  state.image = null;
+  $("image-stack").hidden = true;
+  $("image-hint").hidden = false;
 }
 
 async function setPreview(kind, source) {
@@ -721,6 +730,7 @@ async function start() {
   $("depth_model").addEventListener("change", showHintLabel);
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
   $("image-file").addEventListener("change", (event) => fromFile(event.target.files[0], setImage));
+  $("image-clear").addEventListener("click", clearImage);
   $("hint-file").addEventListener("change", (event) => fromFile(event.target.files[0], (s) => setPreview("hint", s)));
   $("reproduce-file").addEventListener("change", (event) => fromFile(event.target.files[0], showReproduce));
   dropZone($("image-drop"), setImage);
