@@ -268,6 +268,17 @@ def test_stable_diffusion_controlnet_and_prompt_weighting_through_the_page(
         assert (record["task"], record["strength"], record["steps"]) == ("controlnet", 0.5, 4) and "image" in record
         driver.find_element("id", "image-clear").click()
         assert not driver.find_element("id", "image-stack").is_displayed()
+
+        # deleting a job from its picture's dialog: asked first, then gone from the page and the server
+        shown = len(_cards(driver))
+        driver.find_element("css selector", ".gallery .card").click()  # the newest
+        _until(lambda: driver.find_element("id", "details").is_displayed(), 10, "the details dialog")
+        driver.find_element("id", "delete-job").click()
+        _until(lambda: driver.switch_to.alert, 10, "the confirmation")
+        assert "Delete this job and its 1 picture" in driver.switch_to.alert.text
+        driver.switch_to.alert.accept()
+        _until(lambda: len(_cards(driver)) == shown - 1, 10, "the card to go")
+        assert httpx.get(f"{server.url}{jobs[0]['url']}", headers={"X-Sfumato-Client": client_id}).status_code == 404
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not [e for e in errors if "422" not in e["message"]], json.dumps(errors, indent=1)
     finally:

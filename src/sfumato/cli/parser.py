@@ -396,6 +396,10 @@ def _add_serve(commands) -> None:
                        help="a transformers depth-estimation model folder (e.g. DPT) ControlNet jobs may use, by "
                             "NAME (\"depth_model\": NAME): the hint is then a photo, made into its depth map; "
                             "repeat for several")
+    serve.add_argument("--keep-days", type=_number, metavar="DAYS",
+                       help="delete finished jobs and their pictures this many days after they ended, and uploaded "
+                            "pictures no remaining job uses, checked at start-up and every hour (default: keep "
+                            "everything; a client can delete its own finished jobs)")
     limits = serve.add_argument_group("limits (requests beyond them are refused with a message naming the field)")
     limits.add_argument("--max-steps", type=_positive_int, default=200, metavar="N",
                         help="steps and prior steps of one picture (default: 200)")

@@ -60,6 +60,7 @@ def config_from_args(args: Any):
                        tokens=tokens_from(args.token), device=args.device, limits=limits,
                        controlnets=registrations(getattr(args, "controlnet", None), "--controlnet"),
                        depth_models=registrations(getattr(args, "depth_model", None), "--depth-model"),
+                       keep_days=getattr(args, "keep_days", None),
                        data=Path(args.data).expanduser() if args.data else default_data_folder()).check()
 
 
@@ -81,8 +82,9 @@ def command(args: Any) -> int:
     registered = "".join(f"; {label}: {', '.join(f'{name}={folder}' for name, folder in folders.items())}"
                          for label, folders in (("controlnets", config.controlnets),
                                                 ("depth models", config.depth_models)) if folders)
+    kept = "" if config.keep_days is None else f", finished jobs kept {config.keep_days:g} days"
     print(f"sfumato serve: http://{host}:{config.port}/  (models: {', '.join(config.models)}{registered}; device: "
-          f"{server.device}; {access}; data: {config.data})", flush=True)
+          f"{server.device}; {access}; data: {config.data}{kept})", flush=True)
     if any(server.recovered.values()):
         print(f"sfumato serve: recovered the queue after a stop: {server.recovered}", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .store import FINAL, Store
 from .work import WORKFLOWS, Requests
 
 log = logging.getLogger("sfumato.serve")
+SWEEP_EVERY = 3600  # seconds between deletions of old jobs (with keep_days)
 STATIC = Path(__file__).parent / "static"
 _JOB_ID_LENGTH = 32
 
@@ -81,6 +83,42 @@ class Server:
         if state == "running":
             self.worker.cancel(job_id)  # it stops at its next step
         return self.view(self.store.get(job_id))
+
+    def remove(self, job_id: str, owner: str) -> dict:
+        """Delete a finished job of ``owner``: its record and its pictures."""
+        job = self.owned(job_id, owner, "remove")
+        if job["state"] not in FINAL:
+            raise ApiError(409, f"id: job {job_id} is {job['state']}; cancel it first (DELETE without remove), and "
+                                f"remove it once it has ended", "id")
+        self._delete(self.store.remove([job_id]), [])
+        return {"id": job_id, "state": "removed"}
+
+    def sweep(self) -> dict[str, int]:
+        """With ``keep_days``: delete the jobs that ended longer ago, with their pictures, and the uploaded
+        pictures no remaining job names; always: files whose records are gone (a stop between the two)."""
+        jobs: list[str] = []
+        uploads: list[str] = []
+        if self.config.keep_days is not None:
+            before = time.time() - self.config.keep_days * 86400
+            jobs = self.store.remove(self.store.expired(before))
+            uploads = self.store.remove_unused_uploads(before)
+        self._delete(jobs, uploads)
+        # leftovers: result folders of jobs no longer in the store; upload files without a record (older than an
+        # hour: one being stored right now gets its record just after its file)
+        known = self.store.job_ids()
+        folders = [p.name for p in self.requests.results.iterdir() if p.is_dir() and p.name not in known] \
+            if self.requests.results.is_dir() else []
+        settled = time.time() - 3600
+        files = [p.name for p in self.uploads.folder.iterdir() if p.is_file() and p.stat().st_mtime < settled
+                 and (p.name.endswith(".partial") or self.store.find_upload(p.name[:-len(".png")]) is None)]
+        self._delete(folders, files)
+        return {"jobs": len(jobs), "uploads": len(uploads), "leftovers": len(folders) + len(files)}
+
+    def _delete(self, job_ids: list[str], upload_files: list[str]) -> None:
+        for job_id in job_ids:
+            shutil.rmtree(self.requests.results / job_id, ignore_errors=True)
+        for name in upload_files:
+            (self.uploads.folder / name).unlink(missing_ok=True)
 
     def view(self, job: dict, brief: bool = False) -> dict:
         job_id = job["id"]
@@ -204,13 +242,28 @@ def create_app(config: ServeConfig) -> FastAPI:
     worker = Worker(store, requests.results, device, config.max_attempts)
     server = Server(config, store, uploads, requests, worker, device, recovered)
 
+    swept = server.sweep()
+    if any(swept.values()):
+        log.warning("deleted old jobs and files: %s", swept)
+
+    async def sweep_hourly():
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                await run_in_threadpool(server.sweep)
+            except Exception:  # a full disk, a file in use: try again next time
+                log.exception("cannot delete old jobs")
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if config.start_worker:
             worker.start()
+        sweeper = asyncio.create_task(sweep_hourly()) if config.keep_days is not None else None
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             await run_in_threadpool(worker.stop)
             store.close()
 
@@ -256,8 +309,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         return server.view(server.owned(job_id, owner(request)))
 
     @app.delete("/api/jobs/{job_id}", tags=["jobs"],
-                summary="Cancel a job (its submitter only); a running job stops at its next step")
+                summary="Cancel a job (its submitter only; a running job stops at its next step); with ?remove=true "
+                        "delete a finished job and its pictures")
     async def cancel_job(job_id: str, request: Request):
+        remove = request.query_params.get("remove", "false").lower()
+        if remove not in ("true", "false", "1", "0"):
+            raise ApiError(422, f"remove must be true or false, got {remove[:40]!r}", "remove")
+        if remove in ("true", "1"):
+            return await run_in_threadpool(server.remove, job_id, owner(request))
         return await run_in_threadpool(server.cancel, job_id, owner(request))
 
     @app.get("/api/jobs/{job_id}/events", tags=["jobs"], summary="Server-Sent Events: the job's state as it changes")

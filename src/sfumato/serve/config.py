@@ -61,6 +61,9 @@ class ServeConfig:
     depth_models: dict[str, str] = field(default_factory=dict)
     start_worker: bool = True  # tests may hold the queue still
     max_attempts: int = 3  # a job the server died in this often is failed rather than run again
+    # finished jobs (and the uploads no remaining job names) are deleted this many days after they ended;
+    # None keeps everything
+    keep_days: float | None = None
 
     def check(self) -> "ServeConfig":
         """Refuse settings that would expose the server: a non-loopback address without a token."""
@@ -76,6 +79,9 @@ class ServeConfig:
                              f"the token")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be from 0 to 65535, got {self.port}")
+        if self.keep_days is not None and not 0 < self.keep_days < float("inf"):
+            raise UsageError(f"--keep-days must be a number of days above 0 (finished jobs older than that are "
+                             f"deleted), got {self.keep_days}")
         self.controlnets = {name: check_controlnet(name, folder) for name, folder in self.controlnets.items()}
         self.depth_models = {name: check_depth_model(name, folder) for name, folder in self.depth_models.items()}
         return self

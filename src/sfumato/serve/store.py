@@ -11,7 +11,11 @@ never has its pictures twice. WAL journaling and ``synchronous=FULL``: a
 committed state survives a killed process (and a power cut).
 
 States: ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``cancelled``
-(``queued`` -> ``cancelled`` too).
+(``queued`` -> ``cancelled`` too). Finished jobs leave the store when their
+submitter removes them or, with ``sfumato serve --keep-days``, once they are
+that old (:meth:`Store.remove`, :meth:`Store.expired`); their rows go first, in
+one transaction, then their files, so a crash in between leaves only files
+that the next sweep deletes.
 """
 
 from __future__ import annotations
@@ -197,17 +201,56 @@ class Store:
             rows = self._db.execute("SELECT n, record FROM images WHERE job_id=? ORDER BY n", (job_id,)).fetchall()
         return [{"n": n, "record": json.loads(record)} for n, record in rows]
 
+    def remove(self, job_ids: list[str]) -> list[str]:
+        """Forget finished jobs and their pictures' records; returns the ids that were removed (unfinished ones
+        stay)."""
+        removed = []
+        with self._transaction() as db:
+            for job_id in job_ids:
+                if db.execute(f"DELETE FROM jobs WHERE id=? AND state IN ({','.join('?' * len(FINAL))})",
+                              (job_id, *FINAL)).rowcount:
+                    db.execute("DELETE FROM images WHERE job_id=?", (job_id,))
+                    removed.append(job_id)
+        return removed
+
+    def expired(self, before: float) -> list[str]:
+        """Ids of the jobs that finished before ``before`` (a time.time())."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(FINAL))}) AND "
+                                    f"finished < ? ORDER BY seq", (*FINAL, before)).fetchall()
+        return [row[0] for row in rows]
+
+    def job_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs").fetchall()}
+
     # -------------------------------------------------------------------------------- uploads
 
     def add_upload(self, digest: str, file: str, digests: list[str]) -> None:
         with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO uploads (digest, file, created) VALUES (?, ?, ?)",
+            # stored again: its time is now, so that --keep-days counts from the last time a client sent it
+            db.executemany("INSERT INTO uploads (digest, file, created) VALUES (?, ?, ?) "
+                           "ON CONFLICT(digest) DO UPDATE SET created=excluded.created",
                            [(d, file, time.time()) for d in dict.fromkeys(digests)])
 
     def find_upload(self, digest: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT file FROM uploads WHERE digest=?", (digest,)).fetchone()
         return row[0] if row else None
+
+    def remove_unused_uploads(self, before: float) -> list[str]:
+        """Forget the uploaded pictures stored before ``before`` that no job in the store names (by their
+        digest, as requests and records do); returns their file names."""
+        removed = []
+        with self._transaction() as db:
+            files = db.execute("SELECT file, MAX(created) FROM uploads GROUP BY file").fetchall()
+            for file, created in files:
+                digest = file[:-len(".png")]
+                if created < before and db.execute("SELECT 1 FROM jobs WHERE instr(request, ?) > 0 LIMIT 1",
+                                                   (digest,)).fetchone() is None:
+                    db.execute("DELETE FROM uploads WHERE file=?", (file,))
+                    removed.append(file)
+        return removed
 
 
 class _Transaction:

@@ -580,6 +580,21 @@ async function cancel(id) {
   }
 }
 
+async function deleteOpened() {
+  const { job } = state.opened;
+  const count = (job.images || []).length;
+  if (!window.confirm(`Delete this job and its ${count} picture${count === 1 ? "" : "s"} from the server?`)) return;
+  try {
+    await api("DELETE", `/api/jobs/${job.id}?remove=true`);
+    $("details").close();
+    state.jobs.delete(job.id);
+    render();
+    showMessage("Job deleted.", "info");
+  } catch (error) {
+    showError(error);
+  }
+}
+
 async function refreshServer() {
   const server = await api("GET", "/api/server");
   const queue = server.queue || {};
@@ -595,6 +610,11 @@ async function refresh() {
       state.jobs.set(view.id, { ...(known || {}), ...view, images: mergeImages(known, view) });
       if (!FINAL.includes(view.state)) follow(view.id);
       else if (view.state === "done" && !(known && known.images && known.images[0] && known.images[0].record)) finished(view.id);
+    }
+    if (list.jobs.length < 100) {
+      // the whole history came back: finished jobs missing from it were deleted (in another tab, or as too old)
+      const listed = new Set(list.jobs.map((view) => view.id));
+      for (const [id, job] of state.jobs) if (FINAL.includes(job.state) && !listed.has(id)) state.jobs.delete(id);
     }
     render();
   } catch (error) {
@@ -745,6 +765,7 @@ async function start() {
   $("use-input").addEventListener("click", useAsInput);
   $("reuse").addEventListener("click", reuseSettings);
   $("reproduce").addEventListener("click", reproduceOpened);
+  $("delete-job").addEventListener("click", deleteOpened);
 
   try {
     const models = await api("GET", "/api/models");
