@@ -105,3 +105,32 @@ def test_keep_days_applies_at_start_up_and_is_checked(make_app, tmp_path):
     for days in (0, -1, float("inf"), float("nan")):
         with pytest.raises(UsageError, match="--keep-days must be a number of days above 0"):
             ServeConfig(data=tmp_path, keep_days=days).check()
+
+
+def test_an_idempotency_key_makes_a_retried_submission_return_the_same_job(make_app, tmp_path):
+    """A client that sends POST /api/jobs again after a lost answer (with the same Idempotency-Key) gets the job
+    its first request made, not a second one; the key is the caller's own, and bound to that request."""
+    data = tmp_path / "data"
+    alice = make_app(data=data, headers={"X-Sfumato-Client": "alice"})  # no worker: jobs stay queued
+    key = {"Idempotency-Key": "order-7f3a"}
+    first = alice.post("/api/jobs", json={**JOB, "seed": 5}, headers=key)
+    assert first.status_code == 202 and "replayed" not in first.json(), first.text
+    again = alice.post("/api/jobs", json={**JOB, "seed": 5}, headers=key)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"] and again.json()["replayed"] is True
+    assert len(alice.get("/api/jobs").json()["jobs"]) == 1
+    other = alice.post("/api/jobs", json={**JOB, "seed": 6}, headers=key)
+    assert other.status_code == 422 and other.json()["field"] == "Idempotency-Key", other.text
+    assert "sent before with another request" in other.json()["detail"]
+    bob = alice.post("/api/jobs", json={**JOB, "seed": 5}, headers={**key, "X-Sfumato-Client": "bob"})
+    assert bob.status_code == 202 and bob.json()["id"] != first.json()["id"]  # keys are per caller
+    for bad in ("", "x" * 201, "tab\there"):
+        response = alice.post("/api/jobs", json=JOB, headers={"Idempotency-Key": bad})
+        assert response.status_code == 422 and response.json()["field"] == "Idempotency-Key", (bad, response.text)
+    # the key outlives a restart (it is in the queue's database); once the job is removed, it may be used again
+    alice.__exit__(None, None, None)
+    alice = make_app(data=data, headers={"X-Sfumato-Client": "alice"})
+    assert alice.post("/api/jobs", json={**JOB, "seed": 5}, headers=key).json()["id"] == first.json()["id"]
+    alice.delete(f"/api/jobs/{first.json()['id']}")
+    assert alice.delete(f"/api/jobs/{first.json()['id']}?remove=true").status_code == 200
+    fresh = alice.post("/api/jobs", json={**JOB, "seed": 6}, headers=key)
+    assert fresh.status_code == 202 and fresh.json()["id"] != first.json()["id"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import hashlib
 import logging
 import shutil
 import time
@@ -37,6 +38,7 @@ from .work import WORKFLOWS, Requests
 
 log = logging.getLogger("sfumato.serve")
 SWEEP_EVERY = 3600  # seconds between deletions of old jobs (with keep_days)
+MAX_KEY_LENGTH = 200  # characters of an Idempotency-Key
 STATIC = Path(__file__).parent / "static"
 _JOB_ID_LENGTH = 32
 
@@ -55,15 +57,37 @@ class Server:
 
     # ------------------------------------------------------------------------ jobs
 
-    def submit(self, payload: Any, owner: str) -> dict:
+    def submit(self, payload: Any, owner: str, key: str | None = None) -> dict:
+        """Check and queue a job; with an idempotency ``key`` (the Idempotency-Key header), a request sent again
+        with the same key gets the job the first one made (``replayed``) instead of a second job."""
+        if key is not None:
+            if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+                raise ApiError(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters, got "
+                                    f"{key[:40]!r}{'...' if len(key) > 40 else ''}", "Idempotency-Key")
+            fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            earlier = self.store.keyed(owner, key)
+            if earlier is not None:
+                return self._replay(earlier, fingerprint, key)
         if self.store.unfinished(owner) >= self.config.limits.max_queued:
             raise ApiError(429, f"you have {self.config.limits.max_queued} unfinished jobs, the limit; wait for some "
                                 f"to finish or cancel them", None)
         submission = self.requests.submission(payload, owner)
-        job = self.store.add(owner, submission.kind, submission.stored(), submission.summary, submission.pictures)
+        job = self.store.add(owner, submission.kind, submission.stored(), submission.summary, submission.pictures,
+                             key=None if key is None else (key, fingerprint))
+        if job.get("replayed"):  # the same key sent twice at once: the other request made the job
+            return self._replay(self.store.keyed(owner, key), fingerprint, key)
         self.worker.notify()
         view = self.view(job)
         view["warnings"] = submission.warnings
+        return view
+
+    def _replay(self, earlier: tuple[str, str], fingerprint: str, key: str) -> dict:
+        job_id, sent = earlier
+        if sent != fingerprint:
+            raise ApiError(422, f"Idempotency-Key {key[:40]!r} was sent before with another request (job {job_id}); "
+                                f"use a new key for a new job", "Idempotency-Key")
+        view = self.view(self.store.get(job_id))
+        view["replayed"] = True
         return view
 
     def owned(self, job_id: str, owner: str, action: str = "see") -> dict:
@@ -285,11 +309,12 @@ def create_app(config: ServeConfig) -> FastAPI:
     # ------------------------------------------------------------------------ jobs
 
     @app.post("/api/jobs", status_code=202, tags=["jobs"],
-              summary="Submit a job: a job record, {chain: ...} or {reproduce: ...}; returns its id at once")
+              summary="Submit a job: a job record, {chain: ...} or {reproduce: ...}; returns its id at once (an "
+                      "Idempotency-Key header makes a retry return the same job, with 200)")
     async def submit(request: Request):
         payload = await read_json(request)
-        view = await run_in_threadpool(server.submit, payload, owner(request))
-        return JSONResponse(view, status_code=202, headers={"Location": view["url"]})
+        view = await run_in_threadpool(server.submit, payload, owner(request), request.headers.get("idempotency-key"))
+        return JSONResponse(view, status_code=200 if view.get("replayed") else 202, headers={"Location": view["url"]})
 
     @app.get("/api/jobs", tags=["jobs"], summary="The caller's queue and history, newest first")
     async def list_jobs(request: Request):

@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS images (
     record TEXT NOT NULL,
     PRIMARY KEY (job_id, n)
 );
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 CREATE TABLE IF NOT EXISTS uploads (
     digest TEXT PRIMARY KEY,
     file TEXT NOT NULL,
@@ -105,13 +112,34 @@ class Store:
             requeued = db.execute("UPDATE jobs SET state='queued', started=NULL WHERE state='running'").rowcount
         return {"requeued": requeued, "cancelled": cancelled, "failed": failed}
 
-    def add(self, owner: str, kind: str, request: dict, summary: dict, pictures: int) -> dict:
+    def add(self, owner: str, kind: str, request: dict, summary: dict, pictures: int,
+            key: tuple[str, str] | None = None) -> dict:
+        """Queue a job. With ``key`` (an idempotency key and the request's fingerprint), a job the same owner
+        submitted with that key before is returned instead, marked ``replayed`` (see :meth:`keyed`)."""
         job_id = uuid.uuid4().hex
         with self._transaction() as db:
-            db.execute("INSERT INTO jobs (id, owner, kind, request, summary, pictures, state, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
-                       (job_id, owner, kind, json.dumps(request), json.dumps(summary), pictures, time.time()))
-        return self.get(job_id)
+            earlier = None
+            if key is not None:
+                row = db.execute("SELECT job_id FROM idempotency WHERE owner=? AND key=?", (owner, key[0])).fetchone()
+                earlier = row[0] if row else None
+                if earlier is None:
+                    db.execute("INSERT INTO idempotency (owner, key, job_id, fingerprint) VALUES (?, ?, ?, ?)",
+                               (owner, key[0], job_id, key[1]))
+            if earlier is None:
+                db.execute("INSERT INTO jobs (id, owner, kind, request, summary, pictures, state, created) "
+                           "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                           (job_id, owner, kind, json.dumps(request), json.dumps(summary), pictures, time.time()))
+        job = self.get(earlier or job_id)
+        if key is not None:
+            job["replayed"] = earlier is not None  # another request with the key got there first
+        return job
+
+    def keyed(self, owner: str, key: str) -> tuple[str, str] | None:
+        """(job id, request fingerprint) that ``owner`` submitted with idempotency key ``key``, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT job_id, fingerprint FROM idempotency WHERE owner=? AND key=?",
+                                   (owner, key)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def get(self, job_id: str) -> dict | None:
         with self._lock:
@@ -210,6 +238,7 @@ class Store:
                 if db.execute(f"DELETE FROM jobs WHERE id=? AND state IN ({','.join('?' * len(FINAL))})",
                               (job_id, *FINAL)).rowcount:
                     db.execute("DELETE FROM images WHERE job_id=?", (job_id,))
+                    db.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
                     removed.append(job_id)
         return removed
 
