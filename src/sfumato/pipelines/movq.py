@@ -54,18 +54,15 @@ class MoVQLatents(GenerationPipeline):
 
     def inpaint_pixels(self, image: Any, mask_image: Any, height: int, width: int,
                        crop: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keep mask (1 = keep) and the picture in [-1, 1], checked, at pixel size."""
+        """The keep mask (1 = keep) and the picture in [-1, 1], checked, at pixel size.
+
+        A mask given as an array or tensor keeps its own size, as in the reference: the latent grid samples it
+        (nearest), so a 768 x 768 array steers a 512 x 512 picture (the Kandinsky guide's inpainting example
+        does this)."""
         if crop is not None:
             raise ValueError("padding_mask_crop is not supported by the Kandinsky inpainting pipelines")
         self._check_inpaint_unet()
         keep, pixels = prepare_mask_and_masked_image(image, mask_image, height, width)
-        if keep.shape[-2:] != pixels.shape[-2:]:
-            raise ValueError(
-                f"mask_image has size {tuple(keep.shape[-2:])} (height, width), but image has "
-                f"{tuple(pixels.shape[-2:])}; they must be the same size (PIL images are resized to height x "
-                f"width, here {(height, width)}, numpy arrays are not: pass height and width equal to the "
-                f"array's size, or both as PIL images)"
-            )
         if tuple(pixels.shape[-2:]) != (height, width):
             raise ValueError(
                 f"image has size {tuple(pixels.shape[-2:])} (height, width), but height and width ask for "

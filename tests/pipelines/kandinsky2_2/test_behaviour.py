@@ -115,8 +115,8 @@ def test_inpaint_bad_input(decoder_folder):
     pipe = sfumato.KandinskyV22InpaintPipeline.from_pretrained(decoder_folder("small", "inpaint"))
     positive, negative = embeds(1, pipe.unet.config.encoder_hid_dim)
     common = dict(image_embeds=positive, negative_image_embeds=negative, height=64, width=64, num_inference_steps=2)
-    with pytest.raises(ValueError, match=r"mask_image has size \(32, 32\).* numpy arrays are not: pass height and width"):
-        pipe(image=np.zeros((64, 64, 3), np.uint8), mask_image=np.zeros((32, 32), np.float32), **common)
+    with pytest.raises(ValueError, match=r"image has size \(32, 32\) \(height, width\), but height and width ask"):
+        pipe(image=np.zeros((32, 32, 3), np.uint8), mask_image=np.zeros((64, 64), np.float32), **common)
     with pytest.raises(ValueError, match="mask_image"):
         pipe(image=picture(64, 64), mask_image=None, **common)
 

@@ -61,6 +61,19 @@ def test_inpaint(decoder_folder, config, height, width, guidance):
     assert_close(a, b)
 
 
+def test_inpaint_with_an_array_mask_of_another_size(decoder_folder):
+    """As the Kandinsky guide's AutoPipelineForInpainting example does (a 768 x 768 array, a 512 px picture): an
+    array mask keeps its size, and the latent grid samples it, as in the reference."""
+    ours, theirs = load_both(decoder_folder("small", "inpaint"), "KandinskyV22InpaintPipeline")
+    positive, negative = embeds(1, ours.unet.config.encoder_hid_dim)
+    array = np.zeros((96, 96), dtype=np.float32)
+    array[:40, 30:-30] = 1
+    a, b = run_both(ours, theirs, image_embeds=positive, negative_image_embeds=negative, image=picture(80, 80),
+                    mask_image=array, height=64, width=64, num_inference_steps=3, output_type="np")
+    assert a.shape == (1, 64, 64, 3)
+    assert_close(a, b)
+
+
 def test_inpaint_batch_uses_each_image(decoder_folder):
     """The reference blends every sample with the first image; each sample must keep its own image."""
     from sfumato import KandinskyV22InpaintPipeline

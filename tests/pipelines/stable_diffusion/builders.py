@@ -113,12 +113,13 @@ def pndm():
     return PNDMScheduler.from_config({k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_")})
 
 
-def save(folder: Path, config_name: str, kind: str = "text2img") -> Path:
-    """Save a reference Stable Diffusion pipeline folder of ``kind`` ("text2img", "inpaint", "unsafe", "nochecker")."""
+def save(folder: Path, config_name: str | dict, kind: str = "text2img") -> Path:
+    """Save a reference Stable Diffusion pipeline folder of ``kind`` ("text2img", "inpaint", "unsafe", "nochecker");
+    ``config_name`` names one of ``CONFIGS`` or is such a dict."""
     import diffusers
 
     folder = Path(folder)
-    config = CONFIGS[config_name]
+    config = CONFIGS[config_name] if isinstance(config_name, str) else config_name
     tokenizer = tiny.clip_tokenizer(folder.parent / f"{folder.name}-tokenizer")
     latent = config["latent_channels"]
     in_channels = 2 * latent + 1 if kind == "inpaint" else latent
