@@ -40,6 +40,7 @@ _export(
 )
 _export("models.unet_2d_condition", "UNet2DConditionModel")
 _export("models.controlnet", "ControlNetModel")
+_export("models.controlnet", "MultiControlNetModel")
 _export("models.unet_kandinsky3", "Kandinsky3UNet")
 _export("models.vq_model", "VQModel")
 _export("models.autoencoder_kl", "AutoencoderKL")

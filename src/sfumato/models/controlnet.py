@@ -321,3 +321,80 @@ class ControlNetModel(UNetConditioningMixin, ModelMixin):
             raise ValueError(f"controlnet_cond must have shape {expected} (a picture {factor}x the latent size, "
                              f"batch {batch} or 1), got {got}")
         self._check_required_conditions(added_cond_kwargs)
+
+
+class MultiControlNetModel(ModelMixin):
+    """Several ControlNets steering one UNet (e.g. depth and edges): each reads its own control image at its own
+    scale, and their residuals add up, in order, as the reference sums them.
+
+    Saved as the reference saves it: the first ControlNet in FOLDER, the others in FOLDER_1, FOLDER_2, ...
+    beside it (a pipeline's ``controlnet``, ``controlnet_1``, ...); ``from_pretrained(FOLDER)`` reads them back.
+    """
+
+    def __init__(self, controlnets: list[ControlNetModel] | tuple[ControlNetModel, ...]):
+        super().__init__()
+        nets = list(controlnets)
+        if not nets or not all(isinstance(net, ControlNetModel) for net in nets):
+            raise TypeError(f"MultiControlNetModel takes a non-empty list of ControlNetModel, got "
+                            f"{[type(net).__name__ for net in nets]}")
+        self.nets = nn.ModuleList(nets)
+        self.register_to_config()  # no settings of its own: each ControlNet has its config
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
+                controlnet_cond: list[torch.Tensor], conditioning_scale: list[float], class_labels=None,
+                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+                guess_mode: bool = False, return_dict: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The summed residuals (down, mid) of every ControlNet, each with its control image and scale."""
+        if len(controlnet_cond) != len(self.nets) or len(conditioning_scale) != len(self.nets):
+            raise ValueError(f"MultiControlNetModel has {len(self.nets)} ControlNets; pass one control image and "
+                             f"one scale for each, got {len(controlnet_cond)} and {len(conditioning_scale)}")
+        return sum_residuals(net(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                                 controlnet_cond=image, conditioning_scale=scale, class_labels=class_labels,
+                                 timestep_cond=timestep_cond, attention_mask=attention_mask,
+                                 added_cond_kwargs=added_cond_kwargs, cross_attention_kwargs=cross_attention_kwargs,
+                                 guess_mode=guess_mode, return_dict=False)
+                             for image, scale, net in zip(controlnet_cond, conditioning_scale, self.nets))
+
+    # ------------------------------------------------------------------ the reference's folders
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> "MultiControlNetModel":
+        """The ControlNets in FOLDER, FOLDER_1, FOLDER_2, ... (local folders, as in the reference)."""
+        from pathlib import Path
+
+        from ..checkpoint.errors import CheckpointError
+
+        first = Path(pretrained_model_name_or_path).expanduser()
+        folders = [first]
+        while (first.parent / f"{first.name}_{len(folders)}").is_dir():
+            folders.append(first.parent / f"{first.name}_{len(folders)}")
+        if not first.is_dir():
+            raise CheckpointError(f"MultiControlNetModel: no ControlNet folder {str(first)!r}")
+        return cls([ControlNetModel.from_pretrained(folder, **kwargs) for folder in folders])
+
+    def save_pretrained(self, save_directory, **kwargs: Any) -> None:
+        for index, net in enumerate(self.nets):
+            net.save_pretrained(f"{save_directory}{'' if index == 0 else f'_{index}'}", **kwargs)
+
+    def write_pretrained(self, folder, safe_serialization: bool = True, variant: str | None = None,
+                         max_shard_size: int | str = "10GB") -> None:
+        """Into a pipeline's staging folder: ``folder`` and its siblings ``folder_1``, ..."""
+        from pathlib import Path
+
+        folder = Path(folder)
+        for index, net in enumerate(self.nets):
+            target = folder if index == 0 else folder.parent / f"{folder.name}_{index}"
+            target.mkdir(parents=True, exist_ok=True)
+            net.write_pretrained(target, safe_serialization, variant, max_shard_size)
+
+
+def sum_residuals(outputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """ControlNets' (down, mid) residuals added up in order (the first one's, plus the second's, ...)."""
+    down = mid = None
+    for down_i, mid_i in outputs:
+        if down is None:
+            down, mid = list(down_i), mid_i
+        else:
+            down = [total + residual for total, residual in zip(down, down_i)]
+            mid = mid + mid_i
+    return down, mid

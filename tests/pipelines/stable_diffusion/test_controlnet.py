@@ -186,11 +186,95 @@ def test_save_and_reload_in_the_reference(tmp_path, pipelines):
     assert_close(ours(**kwargs, generator=generator()).images, theirs(**kwargs, generator=generator()).images)
 
 
-def test_several_controlnets_are_refused_clearly(sd_folder, controlnet_folder):
-    controlnet = sfumato.ControlNetModel.from_pretrained(controlnet_folder("small"))
-    with pytest.raises(NotImplementedError, match="several ControlNets"):
-        sfumato.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(sd_folder("small"),
-                                                                         controlnet=[controlnet, controlnet])
+def _several(library: str, sd_folder, controlnet_folder, tmp_path, class_name: str):
+    """``class_name`` of ``library`` with two ControlNets (the fixture's and another with other weights)."""
+    import diffusers
+
+    from .builders_upscale import save_controlnet
+
+    second = tmp_path / "second-controlnet"
+    if not second.is_dir():
+        save_controlnet(second, "small", seed=12)
+    module = sfumato if library == "sfumato" else diffusers
+    nets = [module.ControlNetModel.from_pretrained(folder) for folder in (controlnet_folder("small"), second)]
+    pipe = getattr(module, class_name).from_pretrained(sd_folder("small"), controlnet=nets)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("class_name,extra", [
+    (TEXT2IMG, dict(controlnet_conditioning_scale=[0.6, 1.2], control_guidance_start=[0.0, 0.4],
+                    control_guidance_end=[0.6, 1.0])),
+    (TEXT2IMG, dict(prompt=["a cat", "a dog"], num_images_per_prompt=2, control_guidance_end=[0.5, 1.0])),
+    (IMG2IMG, dict(controlnet_conditioning_scale=0.8, control_guidance_end=0.75, guess_mode=True, strength=0.7)),
+])
+def test_several_controlnets_equal_the_reference(request, tmp_path, sd_folder, controlnet_folder, class_name, extra):
+    """controlnet=[a, b]: each reads its own control image with its own scale and window; residuals add up."""
+    ours = _several("sfumato", sd_folder, controlnet_folder, tmp_path, class_name)
+    theirs = _several("diffusers", sd_folder, controlnet_folder, tmp_path, class_name)
+    assert isinstance(ours.controlnet, sfumato.MultiControlNetModel) and len(ours.controlnets()) == 2
+    controls = [picture(32, 40, 1), picture(32, 40, 2)]
+    kwargs = dict(image=controls) if class_name == TEXT2IMG else dict(image=picture(32, 40), control_image=controls)
+    kwargs = {"prompt": "a cat", **kwargs, **extra}
+    a, b = run_both(ours, theirs, num_inference_steps=5, output_type="np", **kwargs)
+    close(request, a.images, b.images)
+    # the second ControlNet counts: another control image for it alone changes the picture (the tiny random
+    # ControlNets steer weakly, but far above the two libraries' rounding difference, ~1e-7)
+    other = {**kwargs, ("image" if class_name == TEXT2IMG else "control_image"): [controls[0], picture(32, 40, 3)]}
+    changed = ours(**other, num_inference_steps=5, output_type="np", generator=generator()).images
+    assert np.abs(changed - a.images).max() > 1e-5
+
+
+def test_several_controlnets_save_and_load_in_the_references_layout(tmp_path, sd_folder, controlnet_folder):
+    import diffusers
+
+    ours = _several("sfumato", sd_folder, controlnet_folder, tmp_path, TEXT2IMG)
+    ours.save_pretrained(tmp_path / "ours")
+    index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
+    assert index["controlnet"] == ["diffusers", "MultiControlNetModel"]
+    assert (tmp_path / "ours" / "controlnet" / "config.json").is_file()
+    assert (tmp_path / "ours" / "controlnet_1" / "config.json").is_file()
+    theirs = diffusers.StableDiffusionControlNetPipeline.from_pretrained(tmp_path / "ours")
+    theirs.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a cat", image=[picture(32, 32, 1), picture(32, 32, 2)], num_inference_steps=3,
+                  output_type="np")
+    assert_close(ours(**kwargs, generator=generator()).images, theirs(**kwargs, generator=generator()).images)
+    theirs.save_pretrained(tmp_path / "theirs")
+    again = sfumato.StableDiffusionControlNetPipeline.from_pretrained(tmp_path / "theirs")
+    again.set_progress_bar_config(disable=True)
+    assert len(again.controlnets()) == 2
+    assert_close(again(**kwargs, generator=generator()).images, theirs(**kwargs, generator=generator()).images)
+    alone = sfumato.MultiControlNetModel.from_pretrained(tmp_path / "theirs" / "controlnet")
+    assert len(alone.nets) == 2
+
+
+def test_several_controlnets_in_the_fast_mode(tmp_path, sd_folder, controlnet_folder):
+    """The fast CPU mode converts each ControlNet (the pipeline calls them one by one); disable undoes it exactly."""
+    pipe = _several("sfumato", sd_folder, controlnet_folder, tmp_path, IMG2IMG)
+    kwargs = dict(prompt="a cat", image=picture(32, 32), control_image=[picture(32, 32, 1), picture(32, 32, 2)],
+                  num_inference_steps=3, output_type="np")
+    parity = pipe(**kwargs, generator=generator()).images
+    sfumato.optimize(pipe, sfumato.fast.Plan(dtype=torch.bfloat16, channels_last=True))
+    assert all(net.dtype == torch.float32 and next(net.parameters()).dtype == torch.bfloat16
+               for net in pipe.controlnets())  # fp32 to its callers, bf16 inside
+    fast = pipe(**kwargs, generator=generator()).images
+    assert np.abs(fast - parity).max() < 0.05
+    sfumato.fast.disable(pipe)
+    assert np.array_equal(pipe(**kwargs, generator=generator()).images, parity)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(image=picture(32, 32, 1)), "must be a list with one control image \\(or list of them\\) per ControlNet: "
+                                     "there are 2 ControlNets, got Image"),
+    (dict(image=[picture(32, 32, 1)] * 3), "there are 2 ControlNets, got a list of 3"),
+    (dict(image=[picture(32, 32, 1)] * 2, controlnet_conditioning_scale=[1.0, 0.5, 0.2]),
+     "controlnet_conditioning_scale has 3 values, but there are 2 ControlNets"),
+    (dict(image=[picture(32, 32, 1), picture(32, 40, 2)]), "pictures must all have one size"),
+])
+def test_several_controlnets_bad_input_is_named(tmp_path, sd_folder, controlnet_folder, kwargs, message):
+    pipe = _several("sfumato", sd_folder, controlnet_folder, tmp_path, TEXT2IMG)
+    with pytest.raises(ValueError, match=message):
+        pipe(prompt="a cat", num_inference_steps=2, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- auto pipelines

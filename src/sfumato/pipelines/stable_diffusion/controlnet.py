@@ -11,6 +11,11 @@ The control image must have the size of the picture being made (``height`` x
 everywhere: a control image of another size is refused, not stretched.
 Outside ``control_guidance_start`` .. ``control_guidance_end`` (fractions of
 the steps run) the ControlNet's share is zero, so it does not run there.
+
+Several ControlNets (``controlnet=[depth, edges]``, a ``MultiControlNetModel``)
+each read their own control image (``image`` is then a list with one entry
+per ControlNet), with their own scale and window (a number for all, or a list
+with one per ControlNet), and their residuals add up.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import PIL.Image
 import torch
 
 from ...image import ImageProcessor
+from ...models.controlnet import ControlNetModel, MultiControlNetModel, sum_residuals
 from .. import checks
 from ..generation import Request, broadcast, for_guidance, per_image
 from ..tasks import ImageToImage, TextToImage
@@ -35,10 +41,9 @@ _CONTROL = ("controlnet_conditioning_scale", "guess_mode", "control_guidance_sta
 
 @dataclasses.dataclass(frozen=True)
 class _ControlSettings:
-    scale: float
-    guess_mode: bool  # the ControlNet sees the prompt-conditioned half only; the unconditional half gets nothing
-    start: float
-    end: float
+    scales: tuple[float, ...]  # one per ControlNet
+    guess_mode: bool  # the ControlNets see the prompt-conditioned half only; the unconditional half gets nothing
+    windows: tuple[tuple[float, float], ...]  # (start, end) of each, fractions of the steps run
 
 
 class StableDiffusionControlNetFamily(StableDiffusionFamily):
@@ -52,11 +57,26 @@ class StableDiffusionControlNetFamily(StableDiffusionFamily):
     def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker, feature_extractor,
                  image_encoder=None, requires_safety_checker: bool = True):
         if isinstance(controlnet, (list, tuple)):
-            raise NotImplementedError("several ControlNets at once (MultiControlNetModel) are not supported by "
-                                      "sfumato; pass one ControlNetModel as controlnet=")
+            controlnet = MultiControlNetModel(controlnet)
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
                          image_encoder=image_encoder, requires_safety_checker=requires_safety_checker)
         self.register_modules(controlnet=controlnet)
+
+    def controlnets(self) -> list[ControlNetModel]:
+        """The ControlNets, in order (one, or a MultiControlNetModel's)."""
+        return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
+
+    def _control_images(self, control_image: Any) -> list[Any]:
+        """Each ControlNet's control image(s): with several, ``control_image`` has one entry per ControlNet."""
+        count = len(self.controlnets())
+        if count == 1:
+            return [control_image]
+        if not isinstance(control_image, (list, tuple)) or len(control_image) != count:
+            got = f"a list of {len(control_image)}" if isinstance(control_image, (list, tuple)) \
+                else type(control_image).__name__
+            raise ValueError(f"{self._control_name} must be a list with one control image (or list of them) per "
+                             f"ControlNet: there are {count} ControlNets, got {got}")
+        return list(control_image)
 
     @property
     def control_image_processor(self) -> ImageProcessor:
@@ -73,7 +93,9 @@ class StableDiffusionControlNetFamily(StableDiffusionFamily):
     def control_image_size(self, control_image: Any) -> tuple[int, int]:
         """(height, width) of the control image(s), in multiples of the VAE's scale (the size the call would get)."""
         name = self._control_name
-        items = control_image if isinstance(control_image, (list, tuple)) else [control_image]
+        checks.required(name, control_image)
+        items = [item for images in self._control_images(control_image)
+                 for item in (images if isinstance(images, (list, tuple)) else [images])]
         kinds = (PIL.Image.Image, np.ndarray, torch.Tensor)
         if not items or not all(isinstance(item, kinds) for item in items):
             raise TypeError(f"{name} must be a PIL image, numpy array, torch tensor or a non-empty list of one of "
@@ -101,29 +123,37 @@ class StableDiffusionControlNetFamily(StableDiffusionFamily):
                 f"pictures of {(request.height, request.width)}; pass a control image of that size (e.g. "
                 f"{name}.resize(({request.width}, {request.height})) for a PIL image), or leave height and width out"
             )
-        pixels = self.control_image_processor.preprocess(image, request.height, request.width).to(torch.float32)
-        channels = self.controlnet.config.conditioning_channels
-        if pixels.shape[1] != channels:
-            raise ValueError(f"{name} has {pixels.shape[1]} channels, but this ControlNet reads {channels}")
-        checks.finite(name, pixels)
-        if pixels.shape[0] not in (1, count):
-            raise ValueError(f"{name} has batch size {pixels.shape[0]}, but there are {count} prompts; pass one "
-                             f"control image for all or one per prompt")
-        conditioning.update(control_image=pixels, prompt_count=count)
+        nets = self.controlnets()
+        controls = []
+        for number, (net, images) in enumerate(zip(nets, self._control_images(image))):
+            which = name if len(nets) == 1 else f"{name}[{number}]"
+            pixels = self.control_image_processor.preprocess(images, request.height, request.width).to(torch.float32)
+            channels = net.config.conditioning_channels
+            if pixels.shape[1] != channels:
+                raise ValueError(f"{which} has {pixels.shape[1]} channels, but this ControlNet reads {channels}")
+            checks.finite(which, pixels)
+            if pixels.shape[0] not in (1, count):
+                raise ValueError(f"{which} has batch size {pixels.shape[0]}, but there are {count} prompts; pass one "
+                                 f"control image for all or one per prompt")
+            controls.append(pixels)
+        conditioning.update(control_image=controls, prompt_count=count)
         conditioning["control_settings"] = self._control_settings(conditioning)
 
     def _control_settings(self, conditioning: dict[str, Any]) -> _ControlSettings:
-        scale = _single("controlnet_conditioning_scale", conditioning["controlnet_conditioning_scale"])
-        start = _single("control_guidance_start", conditioning["control_guidance_start"])
-        end = _single("control_guidance_end", conditioning["control_guidance_end"])
-        if not 0 <= start < end <= 1:
-            raise ValueError(f"control_guidance_start and control_guidance_end must satisfy 0 <= start < end <= 1 "
-                             f"(fractions of the steps), got start={start}, end={end}")
+        count = len(self.controlnets())
+        scales = _per_controlnet("controlnet_conditioning_scale", conditioning["controlnet_conditioning_scale"], count)
+        starts = _per_controlnet("control_guidance_start", conditioning["control_guidance_start"], count)
+        ends = _per_controlnet("control_guidance_end", conditioning["control_guidance_end"], count)
+        for start, end in zip(starts, ends):
+            if not 0 <= start < end <= 1:
+                raise ValueError(f"control_guidance_start and control_guidance_end must satisfy 0 <= start < end <= 1 "
+                                 f"(fractions of the steps), got start={start}, end={end}")
         guess_mode = conditioning["guess_mode"]
         if not isinstance(guess_mode, (bool, np.bool_)):
             raise TypeError(f"guess_mode must be True or False, got {guess_mode!r}")
-        guess_mode = bool(guess_mode) or bool(self.controlnet.config.global_pool_conditions)
-        return _ControlSettings(scale=scale, guess_mode=guess_mode, start=start, end=end)
+        # as in the reference, the first ControlNet's global pooling decides for all
+        guess_mode = bool(guess_mode) or bool(self.controlnets()[0].config.global_pool_conditions)
+        return _ControlSettings(scales=scales, guess_mode=guess_mode, windows=tuple(zip(starts, ends)))
 
     # ------------------------------------------------------------------ the family's hooks
 
@@ -137,41 +167,52 @@ class StableDiffusionControlNetFamily(StableDiffusionFamily):
         self._control = conditioning["control_settings"]
         self._control_guided = guided
         self._control_step = 0
-        control = per_image(broadcast(conditioning["control_image"], conditioning["prompt_count"]),
-                            request.num_images_per_prompt)
-        control = control.to(device=self._execution_device, dtype=self.controlnet.dtype)
-        # in guess mode the ControlNet runs on the conditional half alone
-        tensors[self._control_name] = for_guidance(control, guided and not self._control.guess_mode)
+        controls = []
+        for pixels in conditioning["control_image"]:
+            control = per_image(broadcast(pixels, conditioning["prompt_count"]), request.num_images_per_prompt)
+            control = control.to(device=self._execution_device, dtype=self.controlnet.dtype)
+            # in guess mode the ControlNets run on the conditional half alone
+            controls.append(for_guidance(control, guided and not self._control.guess_mode))
+        # one ControlNet: its tensor; several: their list (what callbacks see under this name, as in the reference)
+        tensors[self._control_name] = controls[0] if len(controls) == 1 else controls
         return tensors
 
     def unet_residuals(self, model_input: torch.Tensor, t: torch.Tensor,
                        tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         step, self._control_step = self._control_step, self._control_step + 1
         control, total = self._control, self._num_timesteps
-        if step / total < control.start or (step + 1) / total > control.end:
-            return {}  # outside the control window its residuals are zero
+        images = tensors[self._control_name]
+        images = images if isinstance(images, list) else [images]
+        # outside its window a ControlNet's residuals are zero: it does not run
+        running = [(net, image, scale) for net, image, scale, (start, end)
+                   in zip(self.controlnets(), images, control.scales, control.windows)
+                   if not (step / total < start or (step + 1) / total > end)]
+        if not running:
+            return {}
         split = control.guess_mode and self._control_guided
         embeds = tensors["prompt_embeds"]
-        down, mid = self.controlnet(
+        down, mid = sum_residuals(net(
             sample=model_input.chunk(2)[1] if split else model_input, timestep=t,
-            encoder_hidden_states=embeds.chunk(2)[1] if split else embeds, controlnet_cond=tensors[self._control_name],
-            conditioning_scale=control.scale, guess_mode=control.guess_mode, return_dict=False,
-        )
+            encoder_hidden_states=embeds.chunk(2)[1] if split else embeds, controlnet_cond=image,
+            conditioning_scale=scale, guess_mode=control.guess_mode, return_dict=False,
+        ) for net, image, scale in running)
         if split:  # the unconditional half gets no control
             down = [torch.cat([torch.zeros_like(residual), residual]) for residual in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def _single(name: str, value: Any) -> float:
-    """A number, or a list holding one (the reference's per-ControlNet lists, for one ControlNet)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise ValueError(f"{name} has {len(value)} values, but there is one ControlNet; pass one number")
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    return checks.number(name, value)
+def _per_controlnet(name: str, value: Any, count: int) -> tuple[float, ...]:
+    """One number per ControlNet: a number for all of them, or a list with one per ControlNet."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        there = "there is one ControlNet; pass one number" if count == 1 \
+            else f"there are {count} ControlNets; pass one number, or a list of {count}"
+        raise ValueError(f"{name} has {len(values)} values, but {there}")
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise TypeError(f"{name} must be a number{'' if count == 1 else ' or a list of numbers'}, got {value!r}")
+    return tuple(checks.number(name, item) for item in values)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
