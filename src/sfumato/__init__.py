@@ -80,6 +80,7 @@ _export(
     "StableDiffusionPipelineOutput",
     "StableDiffusionControlNetPipeline",
     "StableDiffusionControlNetImg2ImgPipeline",
+    "StableDiffusionControlNetInpaintPipeline",
     "StableDiffusionLatentUpscalePipeline",
     "StableDiffusionUpscalePipeline",
 )

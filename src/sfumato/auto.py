@@ -44,7 +44,8 @@ DECODERS: dict[str, dict[str, str]] = {
 CONTROLNETS: dict[str, dict[str, str]] = {
     "kandinsky22": {TEXT2IMAGE: "KandinskyV22ControlnetPipeline", IMAGE2IMAGE: "KandinskyV22ControlnetImg2ImgPipeline"},
     "stable-diffusion": {TEXT2IMAGE: "StableDiffusionControlNetPipeline",
-                         IMAGE2IMAGE: "StableDiffusionControlNetImg2ImgPipeline"},
+                         IMAGE2IMAGE: "StableDiffusionControlNetImg2ImgPipeline",
+                         INPAINT: "StableDiffusionControlNetInpaintPipeline"},
 }
 # families whose AutoPipelines take a controlnet= component (the reference's "<family>-controlnet" entries)
 CONTROLNET_COMPONENT_FAMILIES = ("stable-diffusion",)

@@ -102,6 +102,37 @@ def test_controlnet_img2img_explicit_size_latents_image_and_given_latents(reques
     close(request, a.images, b.images)
 
 
+# ---------------------------------------------------------------------------------------------- inpainting
+
+
+@pytest.mark.parametrize("kind,size,extra", [
+    ("inpaint", (32, 40), {}),  # a 9-channel inpainting UNet: it sees the mask and the masked picture
+    ("inpaint", (40, 32), dict(prompt=["a cat", "a dog"], num_images_per_prompt=2, strength=0.8, guess_mode=True)),
+    ("text2img", (32, 32), dict(strength=0.7, controlnet_conditioning_scale=1.2, control_guidance_end=0.6)),  # 4
+])
+def test_controlnet_inpaint(request, sd_folder, controlnet_folder, kind, size, extra):
+    """Repaint where the mask is white while the ControlNet holds the layout; the size is the picture's."""
+    import diffusers
+
+    from ..parity import mask
+
+    cls = "StableDiffusionControlNetInpaintPipeline"
+    ours = getattr(sfumato, cls).from_pretrained(
+        sd_folder("small", kind), controlnet=sfumato.ControlNetModel.from_pretrained(controlnet_folder("small")))
+    theirs = getattr(diffusers, cls).from_pretrained(
+        sd_folder("small", kind), controlnet=diffusers.ControlNetModel.from_pretrained(controlnet_folder("small")))
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a red circle", "image": picture(*size), "mask_image": mask(*size),
+              "control_image": picture(*size, seed=5), **extra}
+    a, b = run_both(ours, theirs, num_inference_steps=5, output_type="np", **kwargs)
+    count = 1 if isinstance(kwargs["prompt"], str) else len(kwargs["prompt"])
+    assert a.images.shape == (count * extra.get("num_images_per_prompt", 1), *size, 3)
+    close(request, a.images, b.images)
+    with pytest.raises(ValueError, match="padding_mask_crop is not supported with a ControlNet"):
+        ours(**kwargs, padding_mask_crop=4)
+
+
 # ---------------------------------------------------------------------------------------------- text-to-image
 
 
@@ -286,13 +317,11 @@ def test_auto_pipelines_pick_controlnet_classes_where_the_reference_does(sd_fold
     folder = sd_folder("small")
     ours_cn = sfumato.ControlNetModel.from_pretrained(controlnet_folder("small"))
     theirs_cn = diffusers.ControlNetModel.from_pretrained(controlnet_folder("small"))
-    for auto in ("AutoPipelineForText2Image", "AutoPipelineForImage2Image"):
+    for auto in ("AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting"):
         ours = getattr(sfumato, auto).from_pretrained(folder, controlnet=ours_cn)
         theirs = getattr(diffusers, auto).from_pretrained(folder, controlnet=theirs_cn)
         assert type(ours).__name__ == type(theirs).__name__
         assert ours.controlnet is ours_cn
-    with pytest.raises(NotImplementedError, match="ControlNet inpaint"):
-        sfumato.AutoPipelineForInpainting.from_pretrained(folder, controlnet=ours_cn)
 
 
 def test_auto_from_pipe_adds_keeps_and_drops_the_controlnet(sd_folder, controlnet_folder):

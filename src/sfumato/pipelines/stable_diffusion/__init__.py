@@ -4,6 +4,7 @@ ControlNet, and the x2 latent / x4 upscalers."""
 from .controlnet import (
     StableDiffusionControlNetFamily,
     StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
 )
 from .pipeline import (
@@ -16,6 +17,6 @@ from .pipeline import (
 from .upscale import StableDiffusionLatentUpscalePipeline, StableDiffusionUpscalePipeline
 
 __all__ = ["StableDiffusionControlNetFamily", "StableDiffusionControlNetImg2ImgPipeline",
-           "StableDiffusionControlNetPipeline", "StableDiffusionFamily", "StableDiffusionImg2ImgPipeline",
+           "StableDiffusionControlNetInpaintPipeline", "StableDiffusionControlNetPipeline", "StableDiffusionFamily", "StableDiffusionImg2ImgPipeline",
            "StableDiffusionInpaintPipeline", "StableDiffusionLatentUpscalePipeline", "StableDiffusionPipeline",
            "StableDiffusionPipelineOutput", "StableDiffusionUpscalePipeline"]

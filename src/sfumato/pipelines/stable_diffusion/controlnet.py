@@ -32,7 +32,7 @@ from ...image import ImageProcessor
 from ...models.controlnet import ControlNetModel, MultiControlNetModel, sum_residuals
 from .. import checks
 from ..generation import Request, broadcast, for_guidance, per_image
-from ..tasks import ImageToImage, TextToImage
+from ..tasks import ImageToImage, Inpaint, TextToImage
 from .pipeline import StableDiffusionFamily
 
 # the keywords of a ControlNet __call__ that say how the control image steers
@@ -231,6 +231,16 @@ class _SizedByControlImage(TextToImage):
         return request.height or height, request.width or width
 
 
+class _InpaintSizedByImage(Inpaint):
+    """Inpainting whose size, where the call leaves it out, is the picture's (as in the reference's ControlNet
+    inpainting; its plain inpainting defaults to the UNet's training size)."""
+
+    def size(self, pipeline: Any, request: Request) -> tuple[int | None, int | None]:
+        if request.height is not None and request.width is not None:
+            return request.height, request.width
+        return pipeline.picture_size(pipeline.preprocess_pictures(self.image, request.height, request.width))
+
+
 # ---------------------------------------------------------------------------------------------- pipelines
 
 
@@ -273,3 +283,29 @@ class StableDiffusionControlNetImg2ImgPipeline(StableDiffusionControlNetFamily):
                  callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
         return self.generate(conditioning=self.control_conditioning(locals(), control_image),
                              task=ImageToImage(image, strength), request=Request.of(locals()))
+
+
+class StableDiffusionControlNetInpaintPipeline(StableDiffusionControlNetFamily):
+    """Inpainting steered by ``control_image``: repaint where ``mask_image`` is white, keep the rest of ``image``,
+    while the ControlNet holds the layout. A 9-channel inpainting UNet sees the mask and the masked picture; a
+    4-channel one gets the known region put back after every step, as in plain inpainting."""
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "control_image", "mask",
+                               "masked_image_latents"]
+
+    def __call__(self, prompt=None, image=None, mask_image=None, control_image=None, height: int | None = None,
+                 width: int | None = None, padding_mask_crop: int | None = None, strength: float = 1.0,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
+                 num_images_per_prompt: int | None = 1, eta: float = 0.0, generator=None, latents=None,
+                 prompt_embeds=None, negative_prompt_embeds=None, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                 output_type: str | None = "pil", return_dict: bool = True, cross_attention_kwargs=None,
+                 controlnet_conditioning_scale=0.5, guess_mode: bool = False, control_guidance_start=0.0,
+                 control_guidance_end=1.0, clip_skip: int | None = None, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
+        if padding_mask_crop is not None:
+            raise ValueError("padding_mask_crop is not supported with a ControlNet: the control image would need the "
+                             "same crop; crop the picture, mask and control image yourself, or leave it out")
+        return self.generate(conditioning=self.control_conditioning(locals(), control_image),
+                             task=_InpaintSizedByImage(image, mask_image, strength=strength),
+                             request=Request.of(locals()))
