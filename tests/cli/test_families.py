@@ -480,3 +480,35 @@ def test_a_saved_controlnet_pipeline_uses_its_own_controlnet(cli, tmp_path, fami
     for argv in (("generate", PROMPT), ("controlnet", hint, PROMPT, "--controlnet", family("controlnet"))):
         result = cli(*argv, "--model", folder, "-o", "no.png")
         assert result.code == 2 and ("Stable Diffusion ControlNet" in result.err), result.err
+
+
+def test_stable_diffusion_controlnet_inpainting_equals_the_library(cli, tmp_path, family, picture, mask):
+    """--image and --mask: ControlNet inpainting; the kept part is the picture's own (pasted back by default)."""
+    import sfumato
+
+    sd, controlnet = family("sd"), family("controlnet")
+    hint = _photo(tmp_path, "hint.png", 64, 64, seed=3)
+    record, made = _made(cli, tmp_path, "cn-inpaint", "controlnet", hint, PROMPT, "--image", picture, "--mask", mask,
+                         "--model", sd, "--controlnet", controlnet, "--no-keep-unmasked", "--seed", 8, "--steps", 3)
+    assert (record["strength"], record["controlnet_scale"], record["keep_unmasked"]) == (1.0, 0.5, False)
+    assert set(record["input_sha256"]) == {"image", "mask", "hint"}
+    pipe = _library("StableDiffusionControlNetInpaintPipeline", sd,
+                    controlnet=sfumato.ControlNetModel.from_pretrained(controlnet))
+    expected = pipe(PROMPT, image=PIL.Image.open(picture).convert("RGB"), mask_image=PIL.Image.open(mask).convert("L"),
+                    control_image=PIL.Image.open(hint).convert("RGB"), height=64, width=64, num_inference_steps=3,
+                    generator=_seed(8)).images[0]
+    assert np.array_equal(made, _rgb(expected))
+    kept = _made(cli, tmp_path, "cn-kept", "controlnet", hint, PROMPT, "--image", picture, "--mask", mask, "--model",
+                 sd, "--controlnet", controlnet, "--seed", 8, "--steps", 3)[1]
+    black = np.asarray(PIL.Image.open(mask)) < 128
+    assert np.array_equal(kept[black], _rgb(PIL.Image.open(picture))[black])  # far from the seam: the picture's own
+
+
+def test_controlnet_inpainting_is_refused_where_it_does_not_exist(cli, tmp_path, picture, mask):
+    for argv, words in ((("--image", picture, "--mask", mask), "Kandinsky 2.2 ControlNet decoder, which has no "
+                                                                "inpainting pipeline"),
+                        (("--mask", mask), "--mask applies to controlnet only with --image"),
+                        (("--image", picture, "--keep-unmasked"), "--keep-unmasked applies to controlnet only with")):
+        result = cli("controlnet", picture, "a green circle", *argv, "-o", "no.png")
+        assert result.code == 2 and words in result.err, result.err
+    assert not (tmp_path / "no.png").exists()

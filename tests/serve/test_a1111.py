@@ -217,8 +217,8 @@ def test_controlnet_lists_and_inpainting_refusal(live):
     body = {"prompt": "a red square", "init_images": [data_url(disc())], "mask": data_url(right_half_mask()),
             "alwayson_scripts": {"controlnet": {"args": [_unit(image=data_url(disc()))]}}}
     status, answer = post(live.url, "/sdapi/v1/img2img", body)
-    assert status == 422 and answer["field"] == "alwayson_scripts.controlnet.args[0]", answer
-    assert "inpainting mask is not available" in answer["detail"]
+    # the built-in model's ControlNet is a Kandinsky 2.2 one, which has no inpainting pipeline
+    assert status == 422 and "no inpainting pipeline" in answer["detail"], answer
 
 
 def test_img2img_refusals(live):

@@ -225,6 +225,21 @@ def test_automatic1111_controlnet_units_name_registered_folders(make_app, folder
     assert main(["controlnet", str(photo), *argv, "--image", "start.png", "--strength", "0.5", "-o", "cli-i2i.png"]) == 0
     assert np.array_equal(_pixels(tmp_path / "cli-i2i.png"), _pixels(tmp_path / "served-i2i.png"))
 
+    # img2img with a mask and a unit: ControlNet inpainting, denoising_strength its strength
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 10:30] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    response = client.post("/sdapi/v1/img2img", json={**body, "mask": data_url(PIL.Image.fromarray(mask)),
+                                                        "denoising_strength": 0.9})
+    assert response.status_code == 200, response.text
+    assert "denoising_strength" not in json.loads(response.json()["info"])["ignored"]
+    (tmp_path / "served-inpaint.png").write_bytes(base64.b64decode(response.json()["images"][0]))
+    record = read_parameters(tmp_path / "served-inpaint.png")
+    assert (record["task"], record["strength"], record["keep_unmasked"]) == ("controlnet", 0.9, True)
+    assert main(["controlnet", str(photo), *argv, "--image", "start.png", "--mask", "mask.png", "--strength", "0.9",
+                 "-o", "cli-inpaint.png"]) == 0
+    assert np.array_equal(_pixels(tmp_path / "cli-inpaint.png"), _pixels(tmp_path / "served-inpaint.png"))
+
     response = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "model": "canny [abc]"}]}}})
     assert response.status_code == 422, response.text

@@ -141,6 +141,9 @@ def job_from_args(args: Any) -> Job:
         job.hint = Source(path=args.hint)
         if args.image is not None:
             job.image = Source(path=args.image)
+        if args.mask is not None:
+            job.mask = Source(path=args.mask)
+        job.keep_unmasked = args.keep_unmasked
     if task == "interpolate":
         job.items = [jobs_module.classify_item(item) for item in args.items]
         job.weights = args.weights

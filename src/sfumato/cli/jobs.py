@@ -101,10 +101,11 @@ _REQUIRED = {
     "text2image": ("prompt",), "image2image": ("prompt", "image"), "inpaint": ("prompt", "image", "mask"),
     "controlnet": ("prompt", "hint"), "interpolate": ("items",), "upscale": ("image",),
 }
-# controlnet takes an image too: ControlNet image-to-image, which starts from it (strength) and follows the hint
+# controlnet takes an image too (ControlNet image-to-image, which starts from it and follows the hint), and with it
+# a mask (ControlNet inpainting, Stable Diffusion)
 _ONLY_FOR = {"strength": ("image2image", "controlnet"), "image": ("image2image", "inpaint", "upscale", "controlnet"),
-             "mask": ("inpaint",),
-             "keep_unmasked": ("inpaint",),
+             "mask": ("inpaint", "controlnet"),
+             "keep_unmasked": ("inpaint", "controlnet"),
              "hint": ("controlnet",), "items": ("interpolate",), "weights": ("interpolate",),
              "prompt": ("text2image", "image2image", "inpaint", "controlnet", "upscale"),
              "noise_level": ("upscale",), "controlnet": ("controlnet",), "controlnet_scale": ("controlnet",),
@@ -181,6 +182,11 @@ class Job:
         """Whether the picture starts from ``image`` partly denoised (image-to-image, ControlNet with an image),
         so that ``strength`` applies."""
         return self.task == "image2image" or (self.task == "controlnet" and self.image is not None)
+
+    @property
+    def inpaints(self) -> bool:
+        """Whether the picture repaints where ``mask`` is white (inpainting, ControlNet with a mask)."""
+        return self.task == "inpaint" or (self.task == "controlnet" and self.mask is not None)
 
     # -------------------------------------------------------------- records
 
@@ -468,9 +474,14 @@ def _check_task_fields(job: Job, where: str) -> None:
     for name in _REQUIRED[job.task]:
         if getattr(job, name) is None:
             raise UsageError(f"{where}{job.task} needs {_flag(name)}")
-    if job.task == "controlnet" and job.strength is not None and job.image is None:
-        raise UsageError(f"{where}--strength applies to controlnet only with --image (the picture that ControlNet "
-                         f"image-to-image starts from); without it the picture starts from noise")
+    if job.task == "controlnet" and job.image is None:
+        for name, what in (("strength", "--strength"), ("mask", "--mask")):
+            if getattr(job, name) is not None:
+                raise UsageError(f"{where}{what} applies to controlnet only with --image (the picture that ControlNet "
+                                 f"image-to-image and inpainting start from); without it the picture starts from "
+                                 f"noise")
+    if job.task == "controlnet" and job.keep_unmasked is not None and job.mask is None:
+        raise UsageError(f"{where}--keep-unmasked applies to controlnet only with --mask (ControlNet inpainting)")
     if job.task == "interpolate":
         if job.weights is None:
             job.weights = [1 / len(job.items)] * len(job.items)  # an even mix unless told otherwise
@@ -552,7 +563,7 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
     latent_input = given is not None and given.output_type == "latent"
     if job.weighting is None:
         job.weighting = True
-    if job.task == "inpaint" and job.keep_unmasked is None:
+    if job.inpaints and job.keep_unmasked is None:
         job.keep_unmasked = not latent_input  # latents have no pixels to paste back
     if latent_input and job.keep_unmasked:
         raise UsageError(f"{where}--keep-unmasked needs the picture's pixels, but IMAGE is the latents of the "
@@ -562,7 +573,7 @@ def check(job: Job, where: str = "", previous: Source | None = None) -> Job:
             setattr(job, name, value)
     # inputs: files exist and are pictures; earlier jobs are checked the same way
     for name, source in job._sources():
-        flag = "--image" if name == "image" and job.task == "controlnet" else _flag(name.split(".")[0])
+        flag = f"--{name}" if name in ("image", "mask") and job.task == "controlnet" else _flag(name.split(".")[0])
         _open(source, f"{where}{flag}", grayscale=name == "mask")
     _check_handoff(job, kind, where)
     return job
@@ -601,6 +612,10 @@ def _check_family_fields(job: Job, kind: str | None, where: str) -> bool:
                              f"pipeline with its own ControlNet; pass its Stable Diffusion folder as --model to use "
                              f"another one")
     elif job.task == "controlnet" and kind is not None:
+        if job.mask is not None:
+            raise UsageError(f"{where}--mask (ControlNet inpainting) needs a Stable Diffusion checkpoint and a "
+                             f"ControlNetModel; --model {job.model_ref.spec!r} is a Kandinsky 2.2 ControlNet decoder, "
+                             f"which has no inpainting pipeline (in the reference either)")
         for name in ("controlnet", "controlnet_scale"):
             if getattr(job, name) is not None:
                 raise UsageError(f"{where}{_flag(name)} applies to Stable Diffusion checkpoints (a ControlNetModel "
@@ -976,8 +991,11 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
         arguments["controlnet_conditioning_scale"] = job.controlnet_scale
         if job.image is None:
             arguments["image"] = control
-        else:  # ControlNet image-to-image: image is the picture it starts from, control_image the hint
+        elif job.mask is None:  # ControlNet image-to-image: image is the picture it starts from, the hint control
             arguments.update(image=_sized(job.image.picture, job.width, job.height), control_image=control,
+                             strength=job.strength)
+        else:  # ControlNet inpainting: the pipeline sizes picture and mask to height x width, as plain inpainting
+            arguments.update(image=job.image.picture, mask_image=job.mask.picture, control_image=control,
                              strength=job.strength)
     text = {"prompt": arguments.pop("prompt"), "negative_prompt": arguments.pop("negative_prompt")}
     arguments.update(prompt_keywords(pipe, **text, weighted=job.weighting) if "prompt" in _accepted(pipe, text) else text)
@@ -993,7 +1011,7 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
                                              "(a Stable Diffusion folder's safety_checker decides this)")
     if job.task == "upscale":
         job.width, job.height = picture.size  # known before only for local folders
-    if job.task == "inpaint" and job.keep_unmasked:
+    if job.inpaints and job.keep_unmasked:
         from ..image import keep_unmasked
 
         picture = keep_unmasked(picture, job.image.picture, job.mask.picture)
@@ -1118,15 +1136,18 @@ def _pipeline_classes(job: Job, index: dict | None) -> tuple[Any, Any] | None:
 
 
 def _controlnet_task(job: Job) -> str:
-    """The AutoPipeline task of a ControlNet job's pipeline: text-to-image, or image-to-image given an image."""
+    """The AutoPipeline task of a ControlNet job's pipeline: text-to-image, or image-to-image given an image, or
+    inpainting given a mask too."""
     from .. import auto
 
-    return auto.IMAGE2IMAGE if job.image is not None else auto.TEXT2IMAGE
+    if job.image is None:
+        return auto.TEXT2IMAGE
+    return auto.INPAINT if job.mask is not None else auto.IMAGE2IMAGE
 
 
 def _controlnet_pipeline(job: Job, pipe: Any) -> Any:
-    """A loaded ControlNet pipeline (text-to-image) as the one ``job`` runs: itself, or given an image its
-    image-to-image counterpart sharing the same loaded components."""
+    """A loaded ControlNet pipeline (text-to-image) as the one ``job`` runs: itself, or given an image (and a mask)
+    its image-to-image (inpainting) counterpart sharing the same loaded components."""
     if job.image is None:
         return pipe
     import sfumato

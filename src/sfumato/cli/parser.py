@@ -196,6 +196,11 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
         group.add_argument("--image", metavar="IMAGE",
                            help="ControlNet image-to-image: start from this picture (file or URL) instead of noise, "
                                 "redrawn towards PROMPT along HINT; --strength says how much changes")
+        group.add_argument("--mask", metavar="MASK",
+                           help="with --image, ControlNet inpainting (Stable Diffusion): repaint where MASK is white, "
+                                "keep where it is black")
+        group.add_argument("--keep-unmasked", action=argparse.BooleanOptionalAction, default=None,
+                           help="with --mask: put the picture's own pixels back where MASK is black (default: on)")
     if task in ("image2image", "controlnet"):
         group.add_argument("--strength", type=_strength,
                            help="how much to change the picture, in (0, 1]: 1 ignores it, small values keep it "

@@ -20,7 +20,8 @@ and listed in ``info`` under ``ignored``.
 ControlNet, as the sd-webui-controlnet extension's clients send it
 (``alwayson_scripts.controlnet.args``: a list of units): one enabled unit
 turns txt2img into a ControlNet job and img2img into ControlNet
-image-to-image (from ``init_images[0]``, ``denoising_strength``). A unit's
+image-to-image (from ``init_images[0]``, ``denoising_strength``), or with a
+``mask`` into ControlNet inpainting (Stable Diffusion models). A unit's
 ``image`` (or ``input_image``; on img2img, ``init_images[0]`` when it has
 none) is the hint; ``module`` ``none`` takes it as it is, a ``depth...``
 module makes its depth map with the depth model the server's operator
@@ -28,8 +29,8 @@ registered; ``model`` names a ControlNet the operator registered for a
 Stable Diffusion model (``GET /controlnet/model_list``; a trailing
 `` [hash]`` is dropped), and ``weight`` is its scale; a Kandinsky 2.2
 ControlNet model steers with its own ControlNet. Several enabled units
-(multi-ControlNet), other modules and ControlNet with a mask are refused
-with a 422 naming the field; the unit's other settings are listed as ignored.
+(multi-ControlNet) and other modules are refused with a 422 naming the
+field; the unit's other settings are listed as ignored.
 """
 
 from __future__ import annotations
@@ -261,7 +262,12 @@ def to_job(body: Any, img2img: bool, server, chosen_model: str | None) -> tuple[
             job["task"] = "image2image"
     scripts = body.get("alwayson_scripts")
     if scripts is not None:
+        inpainting = job["task"] == "inpaint"
         ignored += _controlnet(scripts, job, img2img, server, notes)
+        if inpainting and job["task"] == "controlnet" and body.get("denoising_strength") is not None:
+            # ControlNet inpainting (Stable Diffusion) starts from the picture noised to the strength
+            job["strength"] = _number(body["denoising_strength"], "denoising_strength")
+            ignored.remove("denoising_strength")
     return job, sorted(set(ignored)), notes
 
 
@@ -287,9 +293,6 @@ def _controlnet(scripts: Any, job: dict, img2img: bool, server, notes: list[str]
                             f"picture (multi-ControlNet is not available)", field)
     number, unit = enabled[0]
     where = f"{field}[{number}]"
-    if job["task"] == "inpaint":
-        raise ApiError(422, f"{where}: ControlNet with an inpainting mask is not available; send the img2img request "
-                            f"without mask, or without the ControlNet unit", where)
     ignored += [f"{where}.{key}" for key in unit if key not in _UNIT_FIELDS]
     # the hint: the unit's picture, or on img2img the picture it starts from
     picture = unit.get("image") if unit.get("image") not in (None, "") else unit.get("input_image")
