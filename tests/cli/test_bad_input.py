@@ -148,6 +148,8 @@ FIELDS = {
     "noise_level": ({"task": "upscale"}, ["5", -1, 1.5, True], "--noise-level"),
     "controlnet": ({"task": "controlnet", "prompt": PROMPT}, [5, ["x"], "", "bad\nname"], "--controlnet"),
     "controlnet_scale": ({"task": "controlnet", "prompt": PROMPT}, ["x", [1.0], float("nan")], "--controlnet-scale"),
+    "control_start": ({"task": "controlnet", "prompt": PROMPT}, ["x", [0.1], -0.5, 1.5], "--control-start"),
+    "control_end": ({"task": "controlnet", "prompt": PROMPT}, ["x", float("inf"), 2], "--control-end"),
     "depth_model": ({"task": "controlnet", "prompt": PROMPT}, [5, "", "bad\x00name"], "--depth-model"),
     "denoising_end": (_STEP, ["0.5", 0, 1, 1.5, [0.5]], "denoising_end"),
     "denoising_start": (_STEP, ["0.5", 0, 1.2, False], "denoising_start"),

@@ -163,6 +163,32 @@ def test_stable_diffusion_controlnet_image_to_image_equals_the_library(cli, tmp_
     assert np.array_equal(made, _rgb(expected))
 
 
+def test_stable_diffusion_controlnet_window_equals_the_library(cli, tmp_path, family):
+    """--control-start / --control-end: the share of the steps the ControlNet steers in (control_guidance_*)."""
+    import sfumato
+
+    sd, controlnet = family("sd"), family("controlnet")
+    hint = _photo(tmp_path, "hint.png", 32, 32, seed=3)
+    record, made = _made(cli, tmp_path, "window", "controlnet", hint, PROMPT, "--model", sd, "--controlnet",
+                         controlnet, "--control-start", 0.25, "--control-end", 0.75, "--seed", 8, "--steps", 4)
+    assert (record["control_start"], record["control_end"]) == (0.25, 0.75)
+    pipe = _library("StableDiffusionControlNetPipeline", sd,
+                    controlnet=sfumato.ControlNetModel.from_pretrained(controlnet))
+    expected = pipe(PROMPT, image=PIL.Image.open(hint).convert("RGB"), num_inference_steps=4,
+                    control_guidance_start=0.25, control_guidance_end=0.75, generator=_seed(8)).images[0]
+    assert np.array_equal(made, _rgb(expected))
+    plain = _made(cli, tmp_path, "plain", "controlnet", hint, PROMPT, "--model", sd, "--controlnet", controlnet,
+                  "--seed", 8, "--steps", 4)
+    assert plain[0]["control_start"] == 0.0 and plain[0]["control_end"] == 1.0  # the pipeline's defaults, recorded
+    assert not np.array_equal(made, plain[1])
+    for argv, words in ((("--control-start", 0.8, "--control-end", 0.5), "--control-start 0.8 must be below"),
+                        (("--control-end", 1.5), "--control-end must be in [0, 1]")):
+        result = cli("controlnet", hint, PROMPT, "--model", sd, "--controlnet", controlnet, *argv, "-o", "no.png")
+        assert result.code == 2 and words in result.err, result.err
+    result = cli("controlnet", hint, PROMPT, "--control-end", 0.5, "-o", "no.png")  # the built-in K2.2 ControlNet
+    assert result.code == 2 and "--control-end applies to Stable Diffusion checkpoints" in result.err, result.err
+
+
 def test_controlnet_with_a_depth_model(cli, tmp_path, family, dpt_folder):  # noqa: F811
     sd, controlnet = family("sd"), family("controlnet")
     photo = _photo(tmp_path, "photo.png", 32, 32, seed=4)

@@ -160,7 +160,7 @@ def test_controlnet_units_make_the_command_lines_controlnet_pictures(live, tmp_p
     record = json.loads(decoded(answer["images"][0]).text["sfumato"])
     assert record["task"] == "controlnet" and record["model"] == "builtin:controlnet" and "image" not in record
     info = json.loads(answer["info"])
-    assert {"alwayson_scripts.ADetailer", "alwayson_scripts.controlnet.args[1].guidance_start"} <= set(info["ignored"])
+    assert {"alwayson_scripts.ADetailer", "alwayson_scripts.controlnet.args[1].resize_mode"} <= set(info["ignored"])
     assert not [name for name in info["ignored"] if name.endswith((".image", ".module", ".model"))]
     decoded(answer["images"][0]).save(tmp_path / "served.png")
 

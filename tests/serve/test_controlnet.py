@@ -193,7 +193,8 @@ def test_automatic1111_controlnet_units_name_registered_folders(make_app, folder
     assert client.get("/controlnet/module_list").json()["module_list"] == ["none", "depth"]
     bare = data_url(PIL.Image.open(photo)).split(",", 1)[1]
     unit = {"enabled": True, "image": {"image": bare, "mask": None}, "module": "depth_midas",
-            "model": "depth [fef5e48e]", "weight": 0.6, "control_mode": "Balanced"}
+            "model": "depth [fef5e48e]", "weight": 0.6, "control_mode": "Balanced", "guidance_start": 0.0,
+            "guidance_end": 0.5}
     body = {"prompt": PROMPT, "seed": 9, "steps": 2, "cfg_scale": 7.5, "width": 32, "height": 32,
             "sampler_name": "PLMS", "override_settings": {"sd_model_checkpoint": folders["sd"]},
             "alwayson_scripts": {"controlnet": {"args": [unit]}}}
@@ -203,11 +204,12 @@ def test_automatic1111_controlnet_units_name_registered_folders(make_app, folder
     record = read_parameters(tmp_path / "served.png")
     assert record["controlnet"] == str(Path(folders["controlnet"]).resolve()) and record["controlnet_scale"] == 0.6
     assert record["depth_model"] == str(Path(dpt_folder).resolve())
+    assert (record["control_start"], record["control_end"]) == (0.0, 0.5)
     assert "alwayson_scripts.controlnet.args[0].control_mode" in json.loads(response.json()["info"])["ignored"]
     monkeypatch.chdir(tmp_path)
     argv = [PROMPT, "--model", folders["sd"], "--controlnet", folders["controlnet"], "--depth-model", str(dpt_folder),
             "--controlnet-scale", "0.6", "--seed", "9", "--steps", "2", "--guidance", "7.5", "--scheduler", "pndm",
-            "--size", "32x32", "-q"]
+            "--size", "32x32", "--control-end", "0.5", "-q"]
     assert main(["controlnet", str(photo), *argv, "-o", "cli.png"]) == 0
     assert np.array_equal(_pixels(tmp_path / "cli.png"), _pixels(tmp_path / "served.png"))
 

@@ -125,6 +125,7 @@ def job_from_args(args: Any) -> Job:
               strength=getattr(args, "strength", None), scheduler=args.scheduler, dtype=args.dtype,
               device=args.device, noise_level=getattr(args, "noise_level", None),
               controlnet=getattr(args, "controlnet", None), controlnet_scale=getattr(args, "controlnet_scale", None),
+              control_start=getattr(args, "control_start", None), control_end=getattr(args, "control_end", None),
               depth_model=getattr(args, "depth_model", None))
     if getattr(args, "size", None) is not None:
         job.width, job.height = args.size
@@ -454,7 +455,8 @@ def chain(args: Any) -> int:
 # the order `sfumato info` prints fields in; anything else follows
 _INFO_ORDER = ("task", "command", "prompt", "negative_prompt", "weighting", "items", "weights", "image", "mask", "keep_unmasked",
                "hint", "depth_model", "strength", "noise_level", "denoising_start", "denoising_end", "output_type",
-               "seed", "steps", "guidance", "controlnet_scale", "prior_steps", "prior_guidance", "width", "height",
+               "seed", "steps", "guidance", "controlnet_scale", "control_start", "control_end", "prior_steps",
+               "prior_guidance", "width", "height",
                "preset", "scheduler", "scheduler_class", "model", "prior", "controlnet", "dtype", "fast", "device", "cpu_threads",
                "index", "num", "sfumato", "input_sha256")
 

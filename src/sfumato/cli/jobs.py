@@ -70,6 +70,7 @@ ALIASES = {
     "guidance_scale": "guidance", "prior_num_inference_steps": "prior_steps",
     "prior_guidance_scale": "prior_guidance", "mask_image": "mask", "images_and_prompts": "items",
     "controlnet_conditioning_scale": "controlnet_scale", "control_image": "hint",
+    "control_guidance_start": "control_start", "control_guidance_end": "control_end",
 }
 #: Record keys that describe a picture but do not change it (ignored when a record is read back).
 INFORMATIONAL = {"sfumato", "command", "index", "num", "scheduler_class", "input_sha256", "cpu_threads", "preset"}
@@ -109,6 +110,7 @@ _ONLY_FOR = {"strength": ("image2image", "controlnet"), "image": ("image2image",
              "hint": ("controlnet",), "items": ("interpolate",), "weights": ("interpolate",),
              "prompt": ("text2image", "image2image", "inpaint", "controlnet", "upscale"),
              "noise_level": ("upscale",), "controlnet": ("controlnet",), "controlnet_scale": ("controlnet",),
+             "control_start": ("controlnet",), "control_end": ("controlnet",),
              "depth_model": ("controlnet",), "denoising_end": ("text2image", "image2image", "inpaint"),
              "denoising_start": ("image2image", "inpaint"),
              "output_type": ("text2image", "image2image", "inpaint", "upscale")}
@@ -163,6 +165,9 @@ class Job:
     noise_level: int | None = None  # the x4 upscaler's noise added to the low-resolution picture
     controlnet: str | None = None  # Stable Diffusion: the ControlNetModel folder
     controlnet_scale: float | None = None  # controlnet_conditioning_scale
+    # Stable Diffusion: the share of the steps before which / after which the ControlNet does not steer
+    control_start: float | None = None  # control_guidance_start
+    control_end: float | None = None  # control_guidance_end
     depth_model: str | None = None  # a depth-estimation model folder: HINT is a picture, made into a depth hint
     denoising_end: float | None = None  # stop this share of the way through the schedule (SDXL base)
     denoising_start: float | None = None  # start this share of the way through, from the previous step's latents
@@ -198,7 +203,8 @@ class Job:
         for name in ("task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance",
                      "prior_steps", "prior_guidance", "strength", "width", "height", "scheduler",
                      "scheduler_class", "dtype", "device", "keep_unmasked", "weighting", "noise_level", "controlnet",
-                     "controlnet_scale", "depth_model", "denoising_end", "denoising_start", "output_type", "preset"):
+                     "controlnet_scale", "control_start", "control_end", "depth_model", "denoising_end",
+                     "denoising_start", "output_type", "preset"):
             value = getattr(self, name)
             if value is not None or name in ("negative_prompt", "scheduler"):
                 record[name] = value
@@ -419,6 +425,15 @@ def check_fields(job: Job, where: str) -> None:
                          f"low-resolution picture), got {shown(job.noise_level)}")
     if job.controlnet_scale is not None:
         _finite(job.controlnet_scale, f"{where}--controlnet-scale")
+    for name in ("control_start", "control_end"):
+        if getattr(job, name) is not None:
+            _finite(getattr(job, name), f"{where}{_flag(name)}")
+            if not 0 <= getattr(job, name) <= 1:
+                raise UsageError(f"{where}{_flag(name)} must be in [0, 1] (a share of the steps), got "
+                                 f"{shown(getattr(job, name))}")
+    if job.control_start is not None and job.control_end is not None and not job.control_start < job.control_end:
+        raise UsageError(f"{where}--control-start {job.control_start} must be below --control-end {job.control_end} "
+                         f"(the ControlNet steers between them)")
     for name in ("denoising_end", "denoising_start"):
         value = getattr(job, name)
         if value is not None:
@@ -616,7 +631,7 @@ def _check_family_fields(job: Job, kind: str | None, where: str) -> bool:
             raise UsageError(f"{where}--mask (ControlNet inpainting) needs a Stable Diffusion checkpoint and a "
                              f"ControlNetModel; --model {job.model_ref.spec!r} is a Kandinsky 2.2 ControlNet decoder, "
                              f"which has no inpainting pipeline (in the reference either)")
-        for name in ("controlnet", "controlnet_scale"):
+        for name in ("controlnet", "controlnet_scale", "control_start", "control_end"):
             if getattr(job, name) is not None:
                 raise UsageError(f"{where}{_flag(name)} applies to Stable Diffusion checkpoints (a ControlNetModel "
                                  f"beside the UNet); --model {job.model_ref.spec!r} is a Kandinsky 2.2 ControlNet "
@@ -988,7 +1003,8 @@ def run(job: Job, loader: models.Loader, label: str = "", quiet: bool = False):
         arguments["mask_image"] = job.mask.picture
     if job.task == "controlnet":  # Stable Diffusion: the control image has the picture's size
         control = _sized(_control_picture(job, loader).convert("RGB"), job.width, job.height)
-        arguments["controlnet_conditioning_scale"] = job.controlnet_scale
+        arguments.update(controlnet_conditioning_scale=job.controlnet_scale,
+                         control_guidance_start=job.control_start, control_guidance_end=job.control_end)
         if job.image is None:
             arguments["image"] = control
         elif job.mask is None:  # ControlNet image-to-image: image is the picture it starts from, the hint control
@@ -1024,7 +1040,8 @@ def _accepted(pipe: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(pipe.__call__).parameters
     return {k: v for k, v in arguments.items()
             if k in parameters and (v is not None or k not in ("denoising_end", "denoising_start", "noise_level",
-                                                               "controlnet_conditioning_scale"))}
+                                                               "controlnet_conditioning_scale",
+                                                               "control_guidance_start", "control_guidance_end"))}
 
 
 def _is_picture(value: Any) -> bool:
@@ -1076,7 +1093,8 @@ def _fill_defaults(job: Job, decoder: Any, prior: Any, multiple: int) -> None:
         signatures = {"steps": signatures["steps"], "guidance": signatures["guidance"],
                       "noise_level": (main, "noise_level")}
     if job.task == "controlnet":
-        signatures["controlnet_scale"] = (main, "controlnet_conditioning_scale")
+        signatures.update(controlnet_scale=(main, "controlnet_conditioning_scale"),
+                          control_start=(main, "control_guidance_start"), control_end=(main, "control_guidance_end"))
     if job.width is None and job.height is None and job.task != "upscale":
         # an earlier chain step's picture (not made yet, or latents) has the size that step records
         size = _input_size(job.image or job.hint)

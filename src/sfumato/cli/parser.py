@@ -189,6 +189,12 @@ def _generation_options(parser: argparse.ArgumentParser, task: str) -> None:
         group.add_argument("--controlnet-scale", type=_number, metavar="S",
                            help="Stable Diffusion: how strongly the ControlNet steers (controlnet_conditioning_scale, "
                                 "default: 1.0)")
+        group.add_argument("--control-start", type=_number, metavar="F",
+                           help="Stable Diffusion: the share of the steps, in [0, 1], before which the ControlNet "
+                                "does not steer (control_guidance_start, default: 0)")
+        group.add_argument("--control-end", type=_number, metavar="F",
+                           help="Stable Diffusion: the share of the steps after which it stops steering "
+                                "(control_guidance_end, default: 1)")
         group.add_argument("--depth-model", metavar="FOLDER",
                            help="a local transformers depth-estimation model folder (e.g. DPT); HINT is then an "
                                 "ordinary picture, turned into a depth hint first")

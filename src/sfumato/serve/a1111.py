@@ -27,8 +27,9 @@ none) is the hint; ``module`` ``none`` takes it as it is, a ``depth...``
 module makes its depth map with the depth model the server's operator
 registered; ``model`` names a ControlNet the operator registered for a
 Stable Diffusion model (``GET /controlnet/model_list``; a trailing
-`` [hash]`` is dropped), and ``weight`` is its scale; a Kandinsky 2.2
-ControlNet model steers with its own ControlNet. Several enabled units
+`` [hash]`` is dropped), ``weight`` is its scale and ``guidance_start`` /
+``guidance_end`` the share of the steps it steers in; a Kandinsky 2.2
+ControlNet model steers with its own ControlNet, at every step. Several enabled units
 (multi-ControlNet) and other modules are refused with a 422 naming the
 field; the unit's other settings are listed as ignored.
 """
@@ -86,7 +87,7 @@ HONOURED = ("prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", 
             "alwayson_scripts")
 # a ControlNet unit's fields that are read; its others (resize_mode, control_mode, guidance_start, ...) are listed
 # as ignored
-_UNIT_FIELDS = ("enabled", "image", "input_image", "module", "model", "weight")
+_UNIT_FIELDS = ("enabled", "image", "input_image", "module", "model", "weight", "guidance_start", "guidance_end")
 HONOURED_IMG2IMG = HONOURED + ("init_images", "denoising_strength", "mask", "inpainting_mask_invert")
 
 
@@ -328,13 +329,15 @@ def _controlnet(scripts: Any, job: dict, img2img: bool, server, notes: list[str]
     wanted = unit.get("model")
     if "controlnets" in listed:  # Stable Diffusion: a ControlNetModel the operator registered, by name
         job["controlnet"] = _controlnet_name(wanted, listed["controlnets"], model, f"{where}.model")
-        if unit.get("weight") is not None:
-            job["controlnet_scale"] = _number(unit["weight"], f"{where}.weight")
-    else:  # a Kandinsky 2.2 ControlNet decoder steers with its own
+        for theirs, ours in (("weight", "controlnet_scale"), ("guidance_start", "control_start"),
+                             ("guidance_end", "control_end")):
+            if unit.get(theirs) is not None:
+                job[ours] = _number(unit[theirs], f"{where}.{theirs}")
+    else:  # a Kandinsky 2.2 ControlNet decoder steers with its own, at every step
         if wanted not in (None, "", "None", "none"):
             notes.append(f"{where}.model {str(wanted)[:80]!r}: {model!r} steers with its own ControlNet")
-        if unit.get("weight") not in (None, 1, 1.0):
-            ignored.append(f"{where}.weight")
+        ignored += [f"{where}.{key}" for key, default in (("weight", 1), ("guidance_start", 0), ("guidance_end", 1))
+                    if unit.get(key) not in (None, default)]
     job["task"] = "controlnet"
     return ignored
 

@@ -36,6 +36,7 @@ _FLAGS = [
     ("--device", "device"), ("--steps", "steps"), ("--model", "model"), ("--prior", "prior"), ("--dtype", "dtype"),
     ("--seed", "seed"), ("--size", "size"), ("--num", "num"), ("IMAGE", "image"), ("MASK", "mask"), ("HINT", "hint"),
     ("--noise-level", "noise_level"), ("--controlnet-scale", "controlnet_scale"), ("--controlnet", "controlnet"),
+    ("--control-start", "control_start"), ("--control-end", "control_end"),
     ("--depth-model", "depth_model"), ("--preset", "preset"),
     ("PROMPT", "prompt"),
 ]
@@ -44,6 +45,7 @@ _FLAG_FIELD = dict(_FLAGS)
 _RECORD_FIELDS = {"task", "model", "prior", "prompt", "negative_prompt", "seed", "steps", "guidance", "prior_steps",
                   "prior_guidance", "strength", "width", "height", "scheduler", "dtype", "device", "image", "mask",
                   "hint", "items", "weights", "keep_unmasked", "num", "noise_level", "controlnet", "controlnet_scale",
+                  "control_start", "control_end",
                   "depth_model", "denoising_start", "denoising_end", "output_type", "weighting", "preset"}
 
 
