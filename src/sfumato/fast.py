@@ -504,9 +504,11 @@ def _fast_models(pipe: Any, encoders: bool = False) -> list[tuple[str, nn.Module
         # combined pipelines name their prior's parts "prior_<part>": "prior_prior" is a prior
         if isinstance(model, nn.Module) and _component_kind(name) in kinds and id(model) not in seen:
             seen.add(id(model))
-            # several ControlNets (a MultiControlNetModel): each is a model the pipeline calls
-            nets = getattr(model, "nets", None) if type(model).__name__ == "MultiControlNetModel" else None
-            models += [(name, net) for net in nets] if nets is not None else [(name, model)]
+            from .models.controlnet import MultiControlNetModel
+
+            # several ControlNets: each is a model the pipeline calls
+            models += [(name, net) for net in model.nets] if isinstance(model, MultiControlNetModel) \
+                else [(name, model)]
     # combined pipelines hold their sub-pipelines' models under other names
     for name, value in components.items():
         if not isinstance(value, nn.Module) and hasattr(value, "components"):

@@ -118,9 +118,8 @@ class ImageToImage:
     def size(self, pipeline: Any, request: Request) -> tuple[int | None, int | None]:
         if request.height is not None and request.width is not None:
             return request.height, request.width
-        # the picture decides the size the call leaves out
         self.pixels = pipeline.preprocess_pictures(self.image, request.height, request.width)
-        return pipeline.picture_size(self.pixels)
+        return pipeline.picture_size(self.pixels)  # the picture decides the size the call leaves out
 
     def check(self, pipeline: Any, request: Request, batch: int) -> None:
         if request.denoising_start is None:
@@ -160,19 +159,25 @@ class Inpaint:
     continues from that point as it is. ``masked_image_latents`` replaces the
     encoded masked picture;
     ``padding_mask_crop`` repaints only a crop around the mask (grown by that
-    many pixels), at full size, and pastes it back.
+    many pixels), at full size, and pastes it back. The size the call leaves
+    out is the model's default, or with ``sized_by_image`` the picture's (the
+    reference's ControlNet inpainting).
     """
 
     def __init__(self, image: Any, mask_image: Any, *, strength: float | None = None, blend: bool | None = None,
-                 masked_image_latents: torch.Tensor | None = None, padding_mask_crop: int | None = None):
+                 masked_image_latents: torch.Tensor | None = None, padding_mask_crop: int | None = None,
+                 sized_by_image: bool = False):
         self.image = checks.required("image", image)
         self.mask_image = checks.required("mask_image", mask_image)
         self.strength = strength
         self.blend = blend
         self.masked_image_latents = masked_image_latents
         self.padding_mask_crop = padding_mask_crop
+        self.sized_by_image = sized_by_image
 
     def size(self, pipeline: Any, request: Request) -> tuple[int | None, int | None]:
+        if self.sized_by_image and (request.height is None or request.width is None):
+            return pipeline.picture_size(pipeline.preprocess_pictures(self.image, request.height, request.width))
         return pipeline.default_size(request.height, request.width)
 
     def check(self, pipeline: Any, request: Request, batch: int) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -38,6 +38,8 @@ from .work import WORKFLOWS, Requests
 
 log = logging.getLogger("sfumato.serve")
 SWEEP_EVERY = 3600  # seconds between deletions of old jobs (with keep_days)
+# an upload file older than this without its record is a leftover (a file being stored gets its record just after)
+LEFTOVER_AFTER = 3600
 MAX_KEY_LENGTH = 200  # characters of an Idempotency-Key
 STATIC = Path(__file__).parent / "static"
 _JOB_ID_LENGTH = 32
@@ -127,12 +129,11 @@ class Server:
             jobs = self.store.remove(self.store.expired(before))
             uploads = self.store.remove_unused_uploads(before)
         self._delete(jobs, uploads)
-        # leftovers: result folders of jobs no longer in the store; upload files without a record (older than an
-        # hour: one being stored right now gets its record just after its file)
+        # leftovers: result folders of jobs no longer in the store; upload files without a record
         known = self.store.job_ids()
         folders = [p.name for p in self.requests.results.iterdir() if p.is_dir() and p.name not in known] \
             if self.requests.results.is_dir() else []
-        settled = time.time() - 3600
+        settled = time.time() - LEFTOVER_AFTER
         files = [p.name for p in self.uploads.folder.iterdir() if p.is_file() and p.stat().st_mtime < settled
                  and (p.name.endswith(".partial") or self.store.find_upload(p.name[:-len(".png")]) is None)]
         self._delete(folders, files)

@@ -231,16 +231,6 @@ class _SizedByControlImage(TextToImage):
         return request.height or height, request.width or width
 
 
-class _InpaintSizedByImage(Inpaint):
-    """Inpainting whose size, where the call leaves it out, is the picture's (as in the reference's ControlNet
-    inpainting; its plain inpainting defaults to the UNet's training size)."""
-
-    def size(self, pipeline: Any, request: Request) -> tuple[int | None, int | None]:
-        if request.height is not None and request.width is not None:
-            return request.height, request.width
-        return pipeline.picture_size(pipeline.preprocess_pictures(self.image, request.height, request.width))
-
-
 # ---------------------------------------------------------------------------------------------- pipelines
 
 
@@ -307,5 +297,5 @@ class StableDiffusionControlNetInpaintPipeline(StableDiffusionControlNetFamily):
             raise ValueError("padding_mask_crop is not supported with a ControlNet: the control image would need the "
                              "same crop; crop the picture, mask and control image yourself, or leave it out")
         return self.generate(conditioning=self.control_conditioning(locals(), control_image),
-                             task=_InpaintSizedByImage(image, mask_image, strength=strength),
+                             task=Inpaint(image, mask_image, strength=strength, sized_by_image=True),
                              request=Request.of(locals()))
